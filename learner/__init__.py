@@ -1,0 +1,1 @@
+"""GRPO learner maths (pure torch): see learner/core_algos.py and learner/logprobs.py."""

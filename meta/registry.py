@@ -1,0 +1,24 @@
+"""Build a temperature strategy by name: the one place a config string becomes a strategy object.
+
+Names: fixed, linear, staged, ead, edt, tampo, introllm (ALGORITHMS.md §2-§4). The keyword
+arguments are the strategy's constructor arguments, passed through unchanged.
+"""
+
+from __future__ import annotations
+
+from meta.base import TemperatureStrategy
+from meta.heuristics import EAD, EDT, FixedTemperature, LinearSchedule, StagedSchedule
+from meta.introllm import IntroLLM
+from meta.tampo import TAMPO
+
+STRATEGIES: dict[str, type[TemperatureStrategy]] = {
+    cls.name: cls
+    for cls in (FixedTemperature, LinearSchedule, StagedSchedule, EAD, EDT, TAMPO, IntroLLM)
+}
+
+
+def build_strategy(name: str, **kwargs) -> TemperatureStrategy:
+    """Instantiate the strategy registered as `name` with constructor `kwargs`."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown temperature strategy {name!r}; supported: {sorted(STRATEGIES)}")
+    return STRATEGIES[name](**kwargs)
