@@ -1,0 +1,52 @@
+"""Evaluation metrics over k samples per problem: Avg@k, Pass@k (unbiased), maj@k, per group.
+
+Pure Python; inputs are per-problem lists of (correct, answer) for the k samples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from math import comb
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c ({c}) <= n ({n}) and 1 <= k ({k}) <= n")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_correct(correct: list[float], answers: list[str | None]) -> float:
+    """maj@k: 1 if the most common extracted answer (ties: first seen) is a correct one."""
+    votes = Counter(a for a in answers if a)
+    if not votes:
+        return 0.0
+    top = votes.most_common(1)[0][0]
+    return float(any(c >= 1.0 for c, a in zip(correct, answers) if a == top))
+
+
+def summarize(results: list[dict], ks: tuple[int, ...] = (1,)) -> dict[str, float]:
+    """Metrics over problems, overall and per ``group`` (e.g. 'L3' or 'countdown/L3').
+
+    results: one dict per problem with ``correct`` (k floats), ``answers`` (k strings or None)
+    and ``groups`` (names this problem counts under). Returns flat ``{name: value}`` with
+    ``{group}/avg@k``, ``{group}/pass@j`` for j in ks, ``{group}/maj@k``, ``{group}/n``.
+    """
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        for g in ("all", *r.get("groups", ())):
+            by_group[g].append(r)
+    out: dict[str, float] = {}
+    for g, rows in sorted(by_group.items()):
+        k = min(len(r["correct"]) for r in rows)
+        out[f"{g}/n"] = float(len(rows))
+        out[f"{g}/avg@{k}"] = sum(sum(r["correct"]) / len(r["correct"]) for r in rows) / len(rows)
+        for j in ks:
+            if j <= k:
+                out[f"{g}/pass@{j}"] = sum(
+                    pass_at_k(len(r["correct"]), int(sum(c >= 1.0 for c in r["correct"])), j)
+                    for r in rows) / len(rows)
+        out[f"{g}/maj@{k}"] = sum(majority_correct(r["correct"], r["answers"]) for r in rows) / len(rows)
+    return out
