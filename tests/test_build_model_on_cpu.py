@@ -8,14 +8,14 @@ import pytest
 
 from launch.build_model import TinyModelSpec, build, cached_model_path, ensure_tiny_model
 
-QUICK = TinyModelSpec(sft_examples=1000, sft_steps=3, batch_size=8, hidden_size=32,
-                      intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
+from tests.conftest import QUICK_SPEC_KW
+
+QUICK = TinyModelSpec(**QUICK_SPEC_KW)
 
 
 @pytest.fixture(scope="module")
-def quick_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    return build(QUICK, out)
+def quick_model(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_folder_is_a_complete_hf_model(quick_model):
