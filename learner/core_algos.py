@@ -57,8 +57,12 @@ def masked_mean(x: Tensor, response_mask: Tensor) -> Tensor:
 
 
 def agg_loss(loss_mat: Tensor, response_mask: Tensor, mode: str = "token-mean",
-             max_len: int | None = None) -> Tensor:
+             max_len: int | None = None, denominator: float | Tensor | None = None) -> Tensor:
     """Aggregate a (B, T) per-token loss into a scalar.
+
+    denominator: the number of units averaged over in the WHOLE batch (tokens for token-mean,
+    sequences otherwise) when this call sees only a micro-batch or one rank's slice; summing the
+    calls' results then gives exactly the full-batch value. None = this call's own count.
 
     token-mean: sum over counted tokens / number of counted tokens (DAPO; verl default).
     seq-mean-token-mean: mean over sequences with >= 1 counted token of each one's token mean
@@ -71,16 +75,18 @@ def agg_loss(loss_mat: Tensor, response_mask: Tensor, mode: str = "token-mean",
     mask = response_mask.bool()
     loss_mat = torch.where(mask, loss_mat, torch.zeros_like(loss_mat))
     if mode == "token-mean":
-        return loss_mat.sum() / mask.sum().clamp_min(1)
+        return loss_mat.sum() / (mask.sum().clamp_min(1) if denominator is None else denominator)
     seq_sum = loss_mat.sum(-1)  # (B,)
     if mode == "seq-mean-token-mean":
         tokens = mask.sum(-1)  # (B,)
         seq_mean = seq_sum / tokens.clamp_min(1)
-        return seq_mean.sum() / (tokens > 0).sum().clamp_min(1)
+        count = (tokens > 0).sum().clamp_min(1) if denominator is None else denominator
+        return seq_mean.sum() / count
     max_len = loss_mat.shape[-1] if max_len is None else max_len
     if max_len < 1:
         raise ValueError(f"max_len ({max_len}) must be >= 1; pass the maximum response length")
-    return seq_sum.sum() / (loss_mat.shape[0] * max_len)
+    count = loss_mat.shape[0] if denominator is None else denominator
+    return seq_sum.sum() / (count * max_len)
 
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -103,7 +109,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
                 max_len: int | None = None, rollout_logp: Tensor | None = None,
                 tis_cap: float | None = None, ref_logp: Tensor | None = None,
                 kl_coef: float = 0.0, entropy: Tensor | None = None,
-                entropy_coef: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+                entropy_coef: float = 0.0,
+                denominator: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO-clip with asymmetric clip: L_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A).
 
     logp, old_logp, rollout_logp, ref_logp, entropy: (B, T), each computed with the temperature
@@ -112,6 +119,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
     detached weight min(exp(old_logp - rollout_logp), tis_cap).
     KL: with ref_logp and kl_coef != 0, adds kl_coef * agg(kl_k3(logp, ref_logp)).
     Entropy bonus: with entropy and entropy_coef != 0, subtracts entropy_coef * agg(entropy).
+    denominator: see `agg_loss` (micro-batches / ranks: their losses then sum to the batch's).
     Returns (loss scalar, stats of detached scalars: pg_loss, pg_clipfrac, ppo_kl, ratio_mean,
     ratio_max, and tis_weight_mean / tis_clipfrac / kl_loss / entropy when used).
     """
@@ -135,15 +143,15 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
         pg_losses = pg_losses * tis_weight
         stats["tis_weight_mean"] = masked_mean(tis_weight, mask)
         stats["tis_clipfrac"] = masked_mean((tis_log > math.log(tis_cap)).float(), mask)
-    pg_loss = agg_loss(pg_losses, mask, loss_agg_mode, max_len)
+    pg_loss = agg_loss(pg_losses, mask, loss_agg_mode, max_len, denominator)
     loss = pg_loss
     if ref_logp is not None and kl_coef != 0.0:
         kl = kl_k3(torch.where(mask, logp, zero), torch.where(mask, ref_logp, zero))
-        kl_loss = agg_loss(kl, mask, loss_agg_mode, max_len)
+        kl_loss = agg_loss(kl, mask, loss_agg_mode, max_len, denominator)
         loss = loss + kl_coef * kl_loss
         stats["kl_loss"] = kl_loss.detach()
     if entropy is not None and entropy_coef != 0.0:
-        ent = agg_loss(entropy, mask, loss_agg_mode, max_len)
+        ent = agg_loss(entropy, mask, loss_agg_mode, max_len, denominator)
         loss = loss - entropy_coef * ent
         stats["entropy"] = ent.detach()
     stats.update(_clip_stats(log_ratio.detach(), pg_unclipped.detach(), pg_clipped.detach(), mask))
@@ -164,8 +172,8 @@ def _clip_stats(log_ratio: Tensor, pg_unclipped: Tensor, pg_clipped: Tensor, mas
 
 def phi_policy_loss(new_logp_phi: Tensor, old_logp_phi: Tensor, advantages: Tensor,
                     response_mask: Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
-                    loss_agg_mode: str = "token-mean",
-                    max_len: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                    loss_agg_mode: str = "token-mean", max_len: int | None = None,
+                    denominator: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """IntroLLM phi-phase: GRPO on the temperature actions (ALGORITHMS.md §2).
 
     Exactly `policy_loss` with rho_t = exp(log pi_phi,new(a_t) - log pi_phi,old(a_t)): same
@@ -173,4 +181,4 @@ def phi_policy_loss(new_logp_phi: Tensor, old_logp_phi: Tensor, advantages: Tens
     detached hidden states (backbone frozen); old_logp_phi (B, T) the recorded behaviour log-probs.
     """
     return policy_loss(new_logp_phi, old_logp_phi, advantages, response_mask, clip_low, clip_high,
-                       loss_agg_mode, max_len)
+                       loss_agg_mode, max_len, denominator=denominator)

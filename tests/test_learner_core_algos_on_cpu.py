@@ -180,3 +180,23 @@ def test_phi_loss_is_policy_loss_and_advantages_broadcast():
     adv_bt = x["advantages"][:, None].expand(4, 6)  # (B,) and (B, T) advantages agree
     c = policy_loss(x["logp"], x["old_logp"], adv_bt, x["response_mask"])
     assert torch.equal(b[0], c[0])
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batch_losses_with_a_global_denominator_sum_to_the_batch_loss(mode):
+    """Gradient accumulation / data parallel: slices with the batch's denominator add up."""
+    from learner.core_algos import agg_loss
+
+    g = torch.Generator().manual_seed(0)
+    loss_mat = torch.randn(6, 5, generator=g)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 1, 3, 0, 2, 4])[:, None]  # (6, 5)
+    full = agg_loss(loss_mat, mask, mode)
+    if mode == "token-mean":
+        denom = mask.sum()
+    elif mode == "seq-mean-token-mean":
+        denom = (mask.sum(-1) > 0).sum()
+    else:
+        denom = 6
+    parts = sum(agg_loss(loss_mat[s], mask[s], mode, max_len=5, denominator=denom)
+                for s in (slice(0, 2), slice(2, 3), slice(3, 6)))
+    assert torch.allclose(parts, full)
