@@ -1,0 +1,118 @@
+"""``RewardWorker``: what the reward actor runs: score a step's trajectories, then group advantages.
+
+Takes the rollout actors' batches (Ray resolves their refs into this process), concatenates
+them, scores every response in the time-limited pool, computes GRPO advantages, and returns the
+scored batch (which stays in the object store for the learners) plus a small dict of rollout
+metrics for the driver. It also writes rollout dumps (per-token τ) for later analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from learner.core_algos import compute_grpo_advantages
+from reward.pool import RewardPool
+from rollout.trajectory import TrajectoryBatch
+
+
+class RewardWorker:
+    def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, format_weight: float = 0.0,
+                 norm_adv_by_std: bool = True, pad_id: int = 0):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.pool = RewardPool(num_workers=num_workers, timeout_s=timeout_s,
+                               format_weight=format_weight)
+        self.norm_adv_by_std = norm_adv_by_std
+        self.pad_id = pad_id
+
+    def score(self, *batches: TrajectoryBatch) -> tuple[TrajectoryBatch, dict]:
+        """(the batch with rewards and advantages, rollout metrics)."""
+        t0 = time.perf_counter()
+        batch = TrajectoryBatch.concat(list(batches), self.pad_id) if len(batches) > 1 else batches[0]
+        batch.validate()
+        items = list(zip(batch.tasks, batch.response_texts, batch.answers, batch.metas))
+        rewards, pool_stats = self.pool.score_batch(items)
+        batch.rewards = torch.tensor(rewards, dtype=torch.float32)
+        batch.advantages = compute_grpo_advantages(batch.rewards, batch.group_index,
+                                                   self.norm_adv_by_std)
+        metrics = rollout_metrics(batch)
+        metrics.update({f"reward/{k}": float(v) for k, v in pool_stats.items()})
+        metrics["timing_s/reward"] = time.perf_counter() - t0
+        for key in ("gen_s", "gen_tokens"):
+            metrics[f"rollout/{key}"] = sum(float(b.stats.get(key, 0.0)) for b in batches)
+        return batch.validate(), metrics
+
+    def score_texts(self, items: list[tuple]) -> list[float]:
+        """Rewards of (task, response, gold, meta) items (evaluation)."""
+        rewards, _ = self.pool.score_batch(items)
+        return rewards
+
+    def dump(self, batch: TrajectoryBatch, path: str, tokenizer_path: str | None = None) -> str:
+        """Write one JSON line per response: tokens, per-token τ (and IntroLLM's c, z), reward."""
+        tok = None
+        if tokenizer_path:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(tokenizer_path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            for i in range(len(batch)):
+                n = int(batch.response_lengths[i])
+                ids = batch.response_ids[i, :n].tolist()
+                row = {"step": batch.step, "problem_id": batch.problem_ids[i], "task": batch.tasks[i],
+                       "level": int(batch.level[i]), "group": int(batch.group_index[i]),
+                       "reward": float(batch.rewards[i]) if batch.rewards is not None else None,
+                       "advantage": float(batch.advantages[i]) if batch.advantages is not None else None,
+                       "finish_reason": batch.finish_reasons[i], "text": batch.response_texts[i],
+                       "token_ids": ids, "tau": [round(x, 5) for x in batch.tau[i, :n].tolist()]}
+                if tok is not None:
+                    row["tokens"] = [tok.decode([t]) for t in ids]
+                if batch.gate is not None:
+                    row["gate"] = batch.gate[i, :n].tolist()
+                    row["z"] = [round(x, 5) for x in batch.z[i, :n].tolist()]
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def rollout_metrics(batch: TrajectoryBatch) -> dict[str, float]:
+    """verl-named rollout metrics plus the temperature statistics of ALGORITHMS.md §5."""
+    mask = batch.response_mask
+    lengths = mask.sum(-1).float()
+    rewards = batch.rewards
+    tau = batch.tau[mask]
+    out = {
+        "critic/score/mean": rewards.mean().item(),
+        "critic/score/max": rewards.max().item(),
+        "critic/score/min": rewards.min().item(),
+        "response_length/mean": lengths.mean().item(),
+        "response_length/max": lengths.max().item(),
+        "response_length/clip_ratio": sum(r == "length" for r in batch.finish_reasons) / len(batch),
+        "frac_reward_zero_std": _frac_zero_std(rewards, batch.group_index),
+        "tau/mean": tau.mean().item(), "tau/std": tau.std().item() if tau.numel() > 1 else 0.0,
+        "tau/min": tau.min().item(), "tau/max": tau.max().item(),
+    }
+    for q in (0.1, 0.5, 0.9):
+        out[f"tau/q{int(q * 100)}"] = torch.quantile(tau, q).item()
+    if batch.gate is not None:
+        out["tau/gate_rate"] = batch.gate[mask].mean().item()
+    for level in sorted(set(batch.level.tolist())):
+        rows = batch.level == level
+        out[f"tau/mean_L{level}"] = batch.tau[mask & rows[:, None]].mean().item()
+        out[f"critic/score/mean_L{level}"] = rewards[rows].mean().item()
+    return out
+
+
+def _frac_zero_std(rewards: torch.Tensor, group_index: torch.Tensor) -> float:
+    """TRL's frac_reward_zero_std: share of groups whose rewards are all equal (no signal)."""
+    groups = group_index.unique()
+    zero = sum(bool(rewards[group_index == g].std(unbiased=False) == 0) for g in groups)
+    return zero / len(groups)

@@ -1,0 +1,76 @@
+"""``RolloutWorker``: what a rollout actor runs: one engine, its own copy of the strategy.
+
+A plain object (``launch.actors`` wraps it in a Ray actor). The engine is chosen by
+``rollout.engine``: ``hf`` (transformers, the reference) or ``vllm`` (patched sampler). The
+strategy's per-token path runs inside the engine; per-request temperatures come in with the
+requests (planned by the meta actor), and learned weights (θ, and φ as ``temperature_head.*``)
+arrive by ``load_weights``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import torch
+
+from launch.config import RolloutConfig
+from meta.base import TemperatureStrategy
+from rollout.base import RolloutRequest
+from rollout.trajectory import TrajectoryBatch
+
+
+def build_engine(model_path: str, strategy: TemperatureStrategy, cfg: RolloutConfig,
+                 dtype: str = "float32", seed: int = 0):
+    """The configured engine over ``model_path`` driving ``strategy``."""
+    if cfg.engine == "hf":
+        from rollout.hf_engine import HFEngine
+
+        return HFEngine.from_path(model_path, strategy, dtype=dtype,
+                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    from rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model_path, strategy, dtype=dtype,
+                      max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+                      max_new_tokens=cfg.max_new_tokens, kv_cache_gb=cfg.kv_cache_gb,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization,
+                      max_num_seqs=cfg.max_num_seqs, enforce_eager=cfg.enforce_eager, seed=seed)
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, strategy: TemperatureStrategy, cfg: RolloutConfig,
+                 dtype: str = "float32", seed: int = 0, worker_index: int = 0):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        self.worker_index = worker_index
+        self.seed = seed
+        random.seed(seed + worker_index)
+        torch.manual_seed(seed + worker_index)
+        self.engine = build_engine(model_path, strategy, cfg, dtype, seed + worker_index)
+
+    def generate(self, requests: list[RolloutRequest], step: int, seed: int,
+                 greedy: bool = False) -> TrajectoryBatch:
+        """Responses for ``requests`` (seeded per step and worker, so a retried step repeats)."""
+        kwargs = {"greedy": True} if greedy else {}
+        return self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
+                                    **kwargs)
+
+    def generate_texts(self, requests: list[RolloutRequest], step: int, seed: int,
+                       greedy: bool = False) -> list[str]:
+        """Only the decoded responses (evaluation: no tensors leave the actor)."""
+        return self.generate(requests, step, seed, greedy).response_texts
+
+    def load_weights(self, state_dict: dict) -> float:
+        """Load θ and/or φ weights; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.engine.load_weights(state_dict)
+        return time.perf_counter() - t0
+
+    def set_temperature_mode(self, mode: str) -> None:
+        """IntroLLM evaluation option: 'sample' (draw z) or 'mean' (Beta mean)."""
+        if hasattr(self.engine.strategy, "temperature_mode"):
+            self.engine.strategy.temperature_mode = mode
+
+    def ping(self) -> int:
+        return os.getpid()
