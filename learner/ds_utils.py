@@ -1,0 +1,183 @@
+"""DeepSpeed plumbing for the learner: process-group start-up, engine configs, collectives, copies.
+
+Everything here is mechanics, no RL maths. Known-good facts this module encodes (ENVIRONMENT.md):
+
+* DeepSpeed needs RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, else it tries MPI;
+  `init_distributed` sets them (a single process gets rank 0 and a free port).
+* The first `deepspeed.initialize` JIT-compiles a shared-memory op used only for tensor-parallel
+  inference (48-99 s on CPU); `init_distributed` switches it off before any engine exists.
+* gloo on CPU, NCCL on GPU. One process group per process: a second learner built in the same
+  process (tests; theta + phi engines) reuses it when rank and world size agree.
+
+deepspeed is imported inside the functions, after the environment is set, so that importing
+this module stays cheap and `DS_ACCELERATOR=cpu` is in place before DeepSpeed picks a device.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import torch
+from torch import Tensor
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1 (for single-process rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                     master_port: int | None = None) -> str:
+    """Start (or reuse) this process's torch.distributed group for DeepSpeed; returns the backend.
+
+    world_size == 1 with master_port None picks a free port, so independent single-rank
+    learners (tests, notebooks) never collide. Ray actors pass their explicit rank and the
+    port the driver chose. Raises if a group already exists with a different rank or size.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank ({rank}) must be in [0, world_size={world_size}); "
+                         f"give each learner actor a distinct rank 0..{world_size - 1}")
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import torch.distributed as dist
+
+    # skip the 48-99 s JIT of a shared-memory op that training never uses
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    backend = "nccl" if cuda else "gloo"
+    if dist.is_initialized():
+        if dist.get_rank() != rank or dist.get_world_size() != world_size:
+            raise RuntimeError(
+                f"this process already joined a process group as rank {dist.get_rank()} of "
+                f"{dist.get_world_size()}, but a learner asked for rank {rank} of {world_size}; "
+                f"run each learner rank in its own process (one Ray actor per rank)")
+        return dist.get_backend()
+    if master_port is None:
+        master_port = free_port() if world_size == 1 else 29500
+    local_rank = rank % torch.cuda.device_count() if cuda and torch.cuda.device_count() > 1 else 0
+    env = dict(RANK=rank, WORLD_SIZE=world_size, LOCAL_RANK=local_rank, MASTER_ADDR=master_addr,
+               MASTER_PORT=master_port)
+    os.environ.update({k: str(v) for k, v in env.items()})
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                               rank=rank, world_size=world_size)
+    return backend
+
+
+def ds_config(micro_batch_size: int, grad_clip: float, zero_stage: int,
+              dtype: str = "float32") -> dict:
+    """A DeepSpeed config for a client (torch AdamW) optimizer with caller-owned accumulation.
+
+    gradient_accumulation_steps is 1: the learner marks the accumulation boundary itself
+    (`engine.set_gradient_accumulation_boundary`), so a mini-batch may hold any number of
+    micro-batches and `engine.backward` divides the loss by 1 (see the worker's loss scaling).
+    The micro-batch size is bookkeeping only: no DeepSpeed data loader is used.
+    """
+    cfg: dict = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "zero_allow_untested_optimizer": True,  # torch AdamW as the client optimizer
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if dtype == "bfloat16":
+        cfg["bf16"] = {"enabled": True, "check_grad_overflow": True}  # skip NaN/inf steps
+    elif dtype == "float16":
+        cfg["fp16"] = {"enabled": True}  # dynamic loss scaling skips overflowing steps
+    elif dtype != "float32":
+        raise ValueError(f"dtype ({dtype!r}) must be float32, bfloat16 or float16; "
+                         f"set e.g. model.dtype=float32 (float32 on CPU)")
+    return cfg
+
+
+def build_engine(module: torch.nn.Module, lr: float, weight_decay: float, config: dict):
+    """deepspeed.initialize with a torch AdamW client optimizer over the trainable parameters."""
+    import deepspeed
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    return engine
+
+
+def warmup_factor(updates: int, warmup_steps: int) -> float:
+    """Constant schedule after a linear warm-up: update n (0-based) uses min(1, (n + 1) / warmup).
+
+    Unlike transformers' constant-with-warmup (factor n / warmup), the first update is not
+    wasted at learning rate 0; warmup_steps 0 = the full rate from the first update.
+    """
+    return 1.0 if warmup_steps <= 0 else min(1.0, (updates + 1) / warmup_steps)
+
+
+def set_lr(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce(x: Tensor, op: str = "sum") -> Tensor:
+    """In-place all-reduce (sum | max | min) across learner ranks; a no-op on one rank."""
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return x
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    if dist.get_backend() == "nccl" and not x.is_cuda:  # NCCL reduces device tensors only
+        y = x.cuda()
+        dist.all_reduce(y, op=ops[op])
+        return x.copy_(y.cpu())
+    dist.all_reduce(x, op=ops[op])
+    return x
+
+
+def cpu_clone(obj):
+    """A deep copy with every tensor detached and copied to CPU (state dicts hold live references)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, cpu_clone(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_clone(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def full_state_dict(engine, zero_stage: int) -> dict[str, Tensor]:
+    """The module's full state dict on CPU; under ZeRO-3 every rank must call it (a gather)."""
+    module = engine.module
+    if zero_stage < 3:
+        return cpu_clone(module.state_dict())
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        return cpu_clone(module.state_dict())
+
+
+def load_full_state_dict(engine, zero_stage: int, state: dict[str, Tensor]) -> None:
+    """Copy a full state dict into the module (under ZeRO-3 every rank must call it)."""
+    module = engine.module
+    if zero_stage < 3:
+        module.load_state_dict(state)
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+        module.load_state_dict(state)
+
+
+def grad_norm_of_params(module: torch.nn.Module) -> float:
+    """Global L2 norm of the parameters' .grad (stage 0: all-reduced already, same on every rank)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0

@@ -1,0 +1,540 @@
+"""``LearnerWorker``: one DeepSpeed rank of the GRPO learner: theta (the LLM), phi (IntroLLM's head).
+
+A plain object; a Ray actor wraps it (one actor per rank). Every public method except
+``state_dict`` on ZeRO 0-2 is a collective: all ranks call it, in the same order, on slices of
+the same size (``TrajectoryBatch.split(world_size)``).
+
+Per step, on this rank's slice of the batch (ALGORITHMS.md §1-§3):
+
+    old = worker.compute_old_logprobs(batch, candidates)   # no grad: log pi_old with the recorded tau,
+                                                           # entropies, TAMPO l_k from the same logits
+    worker.update_theta(batch, old)                        # GRPO theta-phase (PPO mini-batches)
+    worker.update_phi(batch)                               # IntroLLM phi-phase (backbone frozen)
+    stats, meta_input = worker.train_step(full_batch, phase, candidates)   # all of it, for the actor
+
+How this departs from the textbook, deliberately:
+
+* every log-prob (old, current, reference) is log_softmax(z_t / tau_t)[y_t] with the tau_t the
+  rollout recorded; the forward uses the rollout engine's position ids (cumsum(mask) - 1);
+* no dropout (model in eval mode): log pi_old and log pi_theta before the first step are equal;
+* mini-batch k of a slice is rows k, k + m, k + 2m, ... (strided, not contiguous), so that
+  R ranks on R slices see exactly the mini-batches 1 rank sees on the concatenated batch;
+* the losses use a *global* denominator (all ranks, all micro-batches of the mini-batch), so
+  micro-batching and data parallelism give the gradient of one big batch (see `_update`);
+* a non-finite loss or gradient norm skips the optimizer step on every rank (counted);
+* the learning rate schedule (constant after linear warm-up) steps once per update call, i.e.
+  per training step as in verl, not per optimizer step.
+
+Dimension vocabulary: B responses (this rank), Lp prompt columns, T response columns, V vocab,
+d hidden, K candidate temperatures. Heavy imports (deepspeed, transformers) happen at construction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from launch.config import LearnerConfig, PhiTrainingConfig
+from learner import ds_utils
+from learner.core_algos import masked_mean, phi_policy_loss, policy_loss
+from learner.logprobs import tampo_loglik, token_entropy, token_logprobs
+from meta.introllm import TemperatureHead
+from rollout.trajectory import TrajectoryBatch
+
+CHECKPOINT_FORMAT = 1
+_SUMMED = ("pg_loss", "kl_loss", "entropy")  # already divided by the global denominator
+_MAXED = ("ratio_max",)  # every other stat is a token mean, weighted by tokens then reduced
+
+
+@dataclass
+class _Micro:
+    """One micro-batch, trimmed to its own widths and moved to the device."""
+
+    rows: Tensor
+    """(b,) long, rows of this rank's batch"""
+    ids: Tensor
+    """(b, lp + t - 1) prompt + response without its last token"""
+    mask: Tensor
+    """(b, lp + t - 1) long attention mask"""
+    pos: Tensor
+    """(b, lp + t - 1) position ids, cumsum(mask) - 1 clamped at 0 (as the rollout engine)"""
+    lp: int
+    t: int
+    tokens: Tensor
+    """(b, t) response token ids"""
+    resp_mask: Tensor
+    """(b, t) bool"""
+
+    def take(self, x: Tensor, device) -> Tensor:
+        """The micro-batch's (b, t) slice of a per-token (B, T) tensor, or (b,) of a (B,) one."""
+        x = x[self.rows]
+        return (x[:, : self.t] if x.dim() == 2 else x).to(device)
+
+
+class _HeadLogProb(nn.Module):
+    """The phi DeepSpeed module: forward = log pi_phi(a_t) of recorded actions.
+
+    Its state dict keys are `temperature_head.*`, the names weight sync uses for phi.
+    """
+
+    def __init__(self, head: TemperatureHead):
+        super().__init__()
+        self.temperature_head = head
+
+    def forward(self, hidden: Tensor, gate: Tensor, z: Tensor, forced: Tensor) -> Tensor:
+        return self.temperature_head.log_prob(hidden, gate, z, forced)
+
+
+class LearnerWorker:
+    def __init__(self, model_path: str, cfg: LearnerConfig, phi: PhiTrainingConfig | None = None,
+                 head_state: dict | None = None, head_kwargs: dict | None = None,
+                 total_steps: int = 1, rank: int = 0, world_size: int = 1,
+                 master_addr: str = "127.0.0.1", master_port: int = 29500,
+                 dtype: str = "float32", seed: int = 0):
+        """Load theta from `model_path` and build its DeepSpeed engine (+ phi's when `phi` is set).
+
+        head_state: TemperatureHead state dict (the rollout strategy's, so that behaviour and
+        learner heads agree); head_kwargs: TemperatureHead arguments (hidden_size defaults to the
+        model's). total_steps is kept for schedules that decay; the constant schedule ignores it.
+        world_size 1 ignores master_port and rendezvous on a free port.
+        """
+        from transformers import AutoModelForCausalLM
+
+        self.cfg, self.phi_cfg, self.dtype = cfg, phi, dtype
+        self.rank, self.world_size, self.total_steps = rank, world_size, total_steps
+        self.zero_stage = cfg.zero_stage
+        self.backend = ds_utils.init_distributed(rank, world_size, master_addr,
+                                                 master_port if world_size > 1 else None)
+        theta_config = ds_utils.ds_config(cfg.micro_batch_size, cfg.grad_clip, cfg.zero_stage, dtype)
+        torch.manual_seed(seed)
+        torch_dtype = getattr(torch, dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
+        self.theta = ds_utils.build_engine(model, cfg.lr, cfg.weight_decay, theta_config)
+        self.theta.eval()
+        self.device = self.theta.device
+        # stage 0 fp32 steps the bare AdamW, which never checks for NaN: the worker checks itself
+        self._theta_own_check = cfg.zero_stage == 0 and dtype == "float32"
+        self.ref = None
+        if cfg.kl_coef > 0:  # a frozen, unsharded copy; loaded only when the KL term is on
+            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+            self.ref.eval().requires_grad_(False).to(self.device)
+        self.phi = None
+        if phi is not None:
+            kw = dict(head_kwargs or {})
+            kw.setdefault("hidden_size", model.config.hidden_size)
+            head = TemperatureHead(**kw)
+            if head_state is not None:
+                head.load_state_dict(head_state)
+            # the head is ~0.1 % of the parameters: replicated (stage 0) on every rank, fp32
+            self.phi = ds_utils.build_engine(
+                _HeadLogProb(head), phi.lr, phi.weight_decay,
+                ds_utils.ds_config(cfg.micro_batch_size, phi.grad_clip, 0, "float32"))
+        self.updates = {"theta": 0, "phi": 0}
+        """update calls so far per phase: the learning-rate schedule's position"""
+
+    # ------------------------------------------------------------------ forward passes
+
+    def _micro(self, batch: TrajectoryBatch, rows: Tensor) -> _Micro:
+        """Rows of the batch as one forward input, trimmed to the rows' longest prompt/response."""
+        pm, rm = batch.prompt_mask[rows], batch.response_mask[rows]
+        lp = int(pm.sum(-1).max())
+        t = max(1, int(rm.sum(-1).max()))
+        if lp < 1:
+            raise ValueError("every response needs a prompt of >= 1 token (the logits of response "
+                             "token 0 come from the last prompt column)")
+        width = batch.prompt_ids.shape[1]
+        resp = batch.response_ids[rows, :t]
+        ids = torch.cat([batch.prompt_ids[rows, width - lp:], resp[:, :-1]], 1)  # (b, lp + t - 1)
+        mask = torch.cat([pm[:, width - lp:], rm[:, : t - 1]], 1).long()
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.device
+        return _Micro(rows, ids.to(dev), mask.to(dev), pos.to(dev), lp, t, resp.to(dev),
+                      rm[:, :t].to(dev))
+
+    @staticmethod
+    def _logits(model, m: _Micro) -> Tensor:
+        """(b, t, V) untempered logits of the response tokens (only those columns reach lm_head)."""
+        out = model(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos,
+                    logits_to_keep=m.t, use_cache=False)
+        return out.logits
+
+    @torch.no_grad()
+    def _hidden(self, m: _Micro) -> Tensor:
+        """(b, t, d) final post-norm hidden states h_t of the response positions, detached."""
+        backbone = self.theta.module.get_decoder()
+        out = backbone(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos, use_cache=False)
+        return out.last_hidden_state[:, m.lp - 1:].detach()
+
+    @torch.no_grad()
+    def compute_old_logprobs(self, batch: TrajectoryBatch,
+                             candidates: list[float] | None = None) -> dict[str, Tensor]:
+        """No-grad pass over this rank's slice, micro-batched, with the recorded batch.tau.
+
+        Returns CPU tensors, 0 at padding: old_logp (B, T), entropy (B, T) of softmax(z / tau),
+        entropy_untempered (B, T); loglik (B, K) TAMPO l_k from the same logits when `candidates`
+        are given; ref_logp (B, T) under the frozen reference when learner.kl_coef > 0.
+        """
+        B, T = batch.response_ids.shape
+        self._check_equal_slices(B)
+        chunk = self.cfg.logprob_chunk
+        names = ["old_logp", "entropy", "entropy_untempered"] + (["ref_logp"] if self.ref else [])
+        out = {k: torch.zeros(B, T) for k in names}
+        if candidates is not None:
+            out["loglik"] = torch.zeros(B, len(candidates))
+        for rows in torch.arange(B).split(self.cfg.micro_batch_size):
+            m = self._micro(batch, rows)
+            tau, mask = m.take(batch.tau, self.device), m.resp_mask
+            logits = self._logits(self.theta, m)  # (b, t, V)
+            vals = {"old_logp": token_logprobs(logits, m.tokens, tau, chunk, mask),
+                    "entropy": token_entropy(logits, tau, chunk, mask),
+                    "entropy_untempered": token_entropy(logits, None, chunk, mask)}
+            if candidates is not None:
+                out["loglik"][rows] = tampo_loglik(logits, m.tokens, mask, candidates, chunk).cpu()
+            del logits
+            if self.ref is not None:
+                vals["ref_logp"] = token_logprobs(self._logits(self.ref, m), m.tokens, tau, chunk, mask)
+            for k, v in vals.items():
+                out[k][rows, : m.t] = torch.where(mask, v, torch.zeros_like(v)).float().cpu()
+        return out
+
+    # ------------------------------------------------------------------ updates
+
+    def train_step(self, batch: TrajectoryBatch, phase: str,
+                   candidates: list[float] | None = None) -> tuple[dict[str, float], dict | None]:
+        """One training step on this rank's slice of the FULL scored batch (the actor entry point).
+
+        phase: theta | phi | joint (phi, then theta, both from the rollout's theta). Returns
+        (stats, meta input): with TAMPO `candidates`, {'loglik' (b, K), 'advantages' (b,)} of this
+        slice for the meta actor, else None.
+        """
+        if phase not in ("theta", "phi", "joint"):
+            raise ValueError(f"phase ({phase!r}) must be theta, phi or joint")
+        part = batch.split(self.world_size)[self.rank] if self.world_size > 1 else batch
+        stats: dict[str, float] = {}
+        old = None
+        if phase != "phi" or candidates:
+            t0 = time.perf_counter()
+            old = self.compute_old_logprobs(part, candidates or None)
+            stats["timing_s/old_log_prob"] = time.perf_counter() - t0
+            stats.update(self._mismatch_stats(part, old["old_logp"]))
+        if phase in ("phi", "joint"):
+            t0 = time.perf_counter()
+            stats.update(self.update_phi(part))
+            stats["timing_s/update_phi"] = time.perf_counter() - t0
+        if phase in ("theta", "joint"):
+            t0 = time.perf_counter()
+            stats.update(self.update_theta(part, old))
+            stats["timing_s/update_actor"] = time.perf_counter() - t0
+        meta = {"loglik": old["loglik"], "advantages": part.advantages} if candidates else None
+        return stats, meta
+
+    def _mismatch_stats(self, batch: TrajectoryBatch, old_logp: Tensor) -> dict[str, float]:
+        """Rollout-engine vs learner log-prob of the sampled tokens (same tau): should be ~0."""
+        mask = batch.response_mask
+        diff = (old_logp - batch.logp_rollout).abs()
+        worst = torch.where(mask, diff, torch.zeros_like(diff)).max().reshape(1).double()
+        return {"actor/rollout_logp_diff_mean": self._token_mean(diff, mask),
+                "actor/rollout_logp_diff_max": float(ds_utils.all_reduce(worst, "max"))}
+
+    def update_theta(self, batch: TrajectoryBatch, old: dict[str, Tensor]) -> dict[str, float]:
+        """GRPO theta-phase on this rank's slice; `old` from `compute_old_logprobs` on the same slice.
+
+        Returns verl's names: actor/{pg_loss, pg_clipfrac, ppo_kl, ratio_mean, ratio_max,
+        grad_norm, lr, entropy, skipped_nonfinite, optimizer_steps}, plus actor/{tis_weight_mean,
+        tis_clipfrac} with TIS, actor/kl_loss with KL, actor/entropy_loss with the entropy bonus.
+        """
+        cfg = self.cfg
+        _require_advantages(batch)
+        if cfg.kl_coef > 0 and "ref_logp" not in old:
+            raise ValueError("learner.kl_coef > 0 but `old` has no ref_logp; pass the dict "
+                             "compute_old_logprobs returned for this same batch slice")
+        dev, chunk = self.device, cfg.logprob_chunk
+
+        def loss_fn(m: _Micro, denominator: float, max_len: int):
+            tau, mask = m.take(batch.tau, dev), m.resp_mask
+            logits = self._logits(self.theta, m)  # (b, t, V)
+            logp = token_logprobs(logits, m.tokens, tau, chunk, mask)
+            ent = token_entropy(logits, tau, chunk, mask) if cfg.entropy_coef > 0 else None
+            loss, stats = policy_loss(
+                logp, m.take(old["old_logp"], dev), m.take(batch.advantages, dev), mask,
+                cfg.clip_low, cfg.clip_high, cfg.loss_agg, max_len,
+                rollout_logp=m.take(batch.logp_rollout, dev), tis_cap=cfg.tis_cap,
+                ref_logp=m.take(old["ref_logp"], dev) if self.ref is not None else None,
+                kl_coef=cfg.kl_coef, entropy=ent, entropy_coef=cfg.entropy_coef,
+                denominator=denominator)
+            return loss, stats, logp
+
+        lr = cfg.lr * ds_utils.warmup_factor(self.updates["theta"], cfg.warmup_steps)
+        stats = self._update(self.theta, self._theta_own_check, batch, loss_fn, lr)
+        self.updates["theta"] += 1
+        if "entropy" in stats:  # the bonus term's entropy (current policy, agg'd like the loss)
+            stats["entropy_loss"] = stats.pop("entropy")
+        stats["entropy"] = self._token_mean(old["entropy"], batch.response_mask)  # verl: old pass
+        return {f"actor/{k}": v for k, v in stats.items()}
+
+    def update_phi(self, batch: TrajectoryBatch) -> dict[str, float]:
+        """IntroLLM phi-phase: GRPO on the recorded temperature actions, backbone frozen.
+
+        Returns phi/{pg_loss, pg_clipfrac, ppo_kl, ratio_mean, ratio_max, grad_norm, lr,
+        gate_entropy, beta_entropy, skipped_nonfinite, optimizer_steps}.
+        """
+        if self.phi is None:
+            raise RuntimeError("update_phi needs the temperature head: build the LearnerWorker "
+                               "with phi=PhiTrainingConfig(...) (meta=introllm)")
+        _require_advantages(batch)
+        for name in ("gate", "z", "logp_phi"):
+            if getattr(batch, name) is None:
+                raise ValueError(f"batch.{name} is None: update_phi needs the IntroLLM action "
+                                 f"records; generate the batch with meta=introllm")
+        cfg, dev = self.cfg, self.device
+        head = self.phi.module.temperature_head
+
+        def loss_fn(m: _Micro, denominator: float, max_len: int):
+            mask = m.resp_mask
+            hidden = self._hidden(m)  # (b, t, d), no grad into theta
+            forced = torch.zeros_like(mask)
+            forced[:, 0] = True  # the head always decides the first temperature
+            new = self.phi(hidden, m.take(batch.gate, dev), m.take(batch.z, dev), forced)  # (b, t)
+            loss, stats = phi_policy_loss(new, m.take(batch.logp_phi, dev),
+                                          m.take(batch.advantages, dev), mask, cfg.clip_low,
+                                          cfg.clip_high, cfg.loss_agg, max_len, denominator)
+            with torch.no_grad():
+                gate_entropy, beta_entropy = head.entropy(hidden)
+            stats["gate_entropy"] = masked_mean(gate_entropy, mask)
+            stats["beta_entropy"] = masked_mean(beta_entropy, mask)
+            return loss, stats, new
+
+        stats = self._update(self.phi, True, batch, loss_fn, self.phi_cfg.lr)
+        self.updates["phi"] += 1
+        return {f"phi/{k}": v for k, v in stats.items()}
+
+    def _update(self, engine, own_check: bool, batch: TrajectoryBatch, loss_fn, lr: float) -> dict:
+        """PPO mini-batches of micro-batches for either engine; returns stats averaged over mini-batches.
+
+        Loss scaling. With the global denominator D of mini-batch k (its tokens, sequences or rows
+        over ALL ranks, per learner.loss_agg), micro-batch i on rank r has loss L_ri whose sum
+        over (r, i) is the mini-batch loss L; we want the gradient dL = sum_ri dL_ri.
+        engine.backward(x) divides x by gradient_accumulation_steps (GAS, = 1 here since the
+        worker sets the boundary itself) and accumulates; at the boundary DeepSpeed AVERAGES the
+        accumulated gradients over the W data-parallel ranks (all-reduce / reduce-scatter, then
+        / W). Backpropagating L_ri * W * GAS therefore yields
+            (1 / W) sum_r sum_i (W * GAS * dL_ri) / GAS = sum_ri dL_ri = dL.
+        """
+        cfg = self.cfg
+        B, T = batch.response_ids.shape
+        m = cfg.mini_batches
+        self._check_equal_slices(B)
+        if B < m:
+            raise ValueError(f"learner.mini_batches ({m}) exceeds the {B} responses per rank; "
+                             f"use fewer mini-batches or more prompts per step")
+        ds_utils.set_lr(engine, lr)
+        mask = batch.response_mask
+        groups = [torch.arange(k, B, m) for k in range(m)]  # strided: see the module docstring
+        counts = torch.tensor([[float(mask[g].sum()), float((mask[g].sum(-1) > 0).sum()), len(g)]
+                               for g in groups], dtype=torch.float64)  # (m, 3) tokens, seqs, rows
+        ds_utils.all_reduce(counts)
+        max_len = int(ds_utils.all_reduce(torch.tensor([T]), "max"))  # Dr.GRPO's constant
+        column = {"token-mean": 0, "seq-mean-token-mean": 1, "seq-mean-token-sum-norm": 2}[cfg.loss_agg]
+        scale = self.world_size * engine.gradient_accumulation_steps()
+        per_mb = []
+        for g, count in zip(groups, counts):
+            denominator = max(float(count[column]), 1.0)
+            sums: dict[str, Tensor] = {}
+            micro = g.split(cfg.micro_batch_size)
+            for i, rows in enumerate(micro):
+                mb = self._micro(batch, rows)
+                loss, stats, anchor = loss_fn(mb, denominator, max_len)
+                if not torch.isfinite(loss):
+                    # poison the gradient so the finite-norm check below skips the step on every
+                    # rank (gradients are all-reduced); backward still runs to keep ZeRO's
+                    # collectives in step across ranks
+                    loss = anchor.sum() * float("nan")
+                engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
+                engine.backward(loss * scale)
+                _accumulate(sums, stats, mb.resp_mask.sum())
+            out = _reduce(sums, float(count[0]))
+            out["grad_norm"], skipped = self._step(engine, own_check)
+            out["skipped_nonfinite"] = float(skipped)
+            per_mb.append(out)
+        return _average(per_mb, lr)
+
+    def _step(self, engine, own_check: bool) -> tuple[float, bool]:
+        """Optimizer step at the accumulation boundary unless the gradient is non-finite.
+
+        own_check (stage 0, fp32: DeepSpeed steps the bare AdamW): the norm of the all-reduced
+        .grad, identical on every rank. Otherwise DeepSpeed's ZeRO / bf16 / fp16 optimizer checks
+        the global norm itself and skips (engine.skipped_steps counts it).
+        """
+        if own_check:
+            norm = ds_utils.grad_norm_of_params(engine.module)
+            if not math.isfinite(norm):
+                engine.zero_grad()
+                return norm, True
+            engine.step()
+            return norm, False
+        skipped_before = engine.skipped_steps
+        engine.step()
+        norm = engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        return norm, engine.skipped_steps > skipped_before
+
+    def _check_equal_slices(self, rows: int) -> None:
+        """All ranks must run the same number of forwards/backwards (ZeRO collectives)."""
+        if self.world_size == 1:
+            return
+        x = ds_utils.all_reduce(torch.tensor([rows, -rows]), "max")
+        if int(x[0]) != -int(x[1]):
+            raise ValueError(f"learner ranks got slices of {-int(x[1])}..{int(x[0])} responses; "
+                             f"give every rank an equal slice (TrajectoryBatch.split(world_size))")
+
+    def _token_mean(self, x: Tensor, mask: Tensor) -> float:
+        """Token mean of a (B, T) tensor over all ranks' counted tokens."""
+        s = torch.tensor([float(torch.where(mask, x, torch.zeros_like(x)).sum()), float(mask.sum())],
+                         dtype=torch.float64)
+        ds_utils.all_reduce(s)
+        return float(s[0] / max(float(s[1]), 1.0))
+
+    # ------------------------------------------------------------------ weights and checkpoints
+
+    def get_weights(self, which: str = "theta") -> dict[str, Tensor]:
+        """Full CPU state dicts for weight sync: theta with HF names, phi as `temperature_head.*`.
+
+        Under ZeRO-3 every rank must call it (a gather); all ranks get the full dict.
+        """
+        if which not in ("theta", "phi", "all"):
+            raise ValueError(f"which ({which!r}) must be 'theta', 'phi' or 'all'")
+        if which != "theta" and self.phi is None:
+            raise RuntimeError(f"get_weights({which!r}): this learner has no temperature head")
+        out = {}
+        if which in ("theta", "all"):
+            out.update(ds_utils.full_state_dict(self.theta, self.zero_stage))
+        if which in ("phi", "all"):
+            out.update(ds_utils.full_state_dict(self.phi, 0))
+        return out
+
+    def state_dict(self) -> dict:
+        """Everything to resume: theta, phi, both optimizers (this rank's ZeRO shard), the
+        schedules' positions and the RNG states. Deep copies on CPU."""
+        sd = {"format": CHECKPOINT_FORMAT, "world_size": self.world_size,
+              "zero_stage": self.zero_stage, "updates": dict(self.updates), "rng": _rng_state(),
+              "theta": {"module": ds_utils.full_state_dict(self.theta, self.zero_stage),
+                        "optimizer": ds_utils.cpu_clone(self.theta.optimizer.state_dict())}}
+        if self.phi is not None:
+            sd["phi"] = {"module": ds_utils.full_state_dict(self.phi, 0),
+                         "optimizer": ds_utils.cpu_clone(self.phi.optimizer.state_dict())}
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore `state_dict()` output (same world size and ZeRO stage)."""
+        if sd.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"learner checkpoint format {sd.get('format')!r} is not "
+                             f"{CHECKPOINT_FORMAT}; it was written by another version")
+        if (sd["world_size"], sd["zero_stage"]) != (self.world_size, self.zero_stage):
+            raise ValueError(f"learner checkpoint has world_size {sd['world_size']}, zero_stage "
+                             f"{sd['zero_stage']}; this learner runs {self.world_size}, "
+                             f"{self.zero_stage}: resume with learner.num_ranks and "
+                             f"learner.zero_stage as they were")
+        if ("phi" in sd) != (self.phi is not None):
+            raise ValueError("learner checkpoint and learner disagree on having a temperature head "
+                             "(meta=introllm); resume with the same meta strategy")
+        _load_engine(self.theta, self.zero_stage, sd["theta"])
+        if self.phi is not None:
+            _load_engine(self.phi, 0, sd["phi"])
+        self.updates = dict(sd["updates"])
+        _set_rng_state(sd["rng"])
+
+    def save_checkpoint(self, dirpath: str) -> str:
+        """Write this rank's `learner_rank{r}.pt` atomically (tmp file + rename); returns its path."""
+        os.makedirs(dirpath, exist_ok=True)
+        path = os.path.join(dirpath, f"learner_rank{self.rank}.pt")
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, dirpath: str) -> None:
+        path = os.path.join(dirpath, f"learner_rank{self.rank}.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist; a learner checkpoint folder holds "
+                                    f"learner_rank0..{self.world_size - 1}.pt")
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _require_advantages(batch: TrajectoryBatch) -> None:
+    if batch.advantages is None:
+        raise ValueError("batch.advantages is None; fill it before the update, e.g. "
+                         "compute_grpo_advantages(batch.rewards, batch.group_index)")
+
+
+def _accumulate(sums: dict[str, Tensor], stats: dict[str, Tensor], tokens: Tensor) -> None:
+    """Add one micro-batch's stats: sums as they are, token means weighted by its tokens, maxima."""
+    for k, v in stats.items():
+        v = v.detach().double().cpu()
+        if k in _MAXED:
+            sums[k] = torch.maximum(sums[k], v) if k in sums else v
+        else:
+            w = v if k in _SUMMED else v * float(tokens)
+            sums[k] = sums[k] + w if k in sums else w
+
+
+def _reduce(sums: dict[str, Tensor], tokens: float) -> dict[str, float]:
+    """All-reduce one mini-batch's accumulated stats over ranks (keys are the same on every rank)."""
+    keys = sorted(sums)
+    added = [k for k in keys if k not in _MAXED]
+    maxed = [k for k in keys if k in _MAXED]
+    s = ds_utils.all_reduce(torch.stack([sums[k] for k in added])) if added else torch.zeros(0)
+    mx = ds_utils.all_reduce(torch.stack([sums[k] for k in maxed]), "max") if maxed else torch.zeros(0)
+    out = {k: float(v) if k in _SUMMED else float(v) / max(tokens, 1.0) for k, v in zip(added, s)}
+    out.update({k: float(v) for k, v in zip(maxed, mx)})
+    return out
+
+
+def _average(per_mb: list[dict[str, float]], lr: float) -> dict[str, float]:
+    """Mean over mini-batches; grad_norm over the applied steps only; skips and steps counted."""
+    out = {k: sum(d[k] for d in per_mb) / len(per_mb) for k in per_mb[0]
+           if k not in ("grad_norm", "skipped_nonfinite")}
+    applied = [d["grad_norm"] for d in per_mb if not d["skipped_nonfinite"]]
+    out["grad_norm"] = sum(applied) / len(applied) if applied else float("nan")
+    out["skipped_nonfinite"] = sum(d["skipped_nonfinite"] for d in per_mb)
+    out["optimizer_steps"] = float(len(applied))
+    out["lr"] = lr
+    return out
+
+
+def _load_engine(engine, zero_stage: int, sd: dict) -> None:
+    """Module weights, then optimizer state (a private copy: loading must not alias `sd`)."""
+    ds_utils.load_full_state_dict(engine, zero_stage, sd["module"])
+    opt_sd = ds_utils.cpu_clone(sd["optimizer"])
+    if isinstance(engine.optimizer, torch.optim.Optimizer):
+        engine.optimizer.load_state_dict(opt_sd)
+    else:  # DeepSpeed's ZeRO / bf16 optimizers: a list of per-rank dicts; fp32 masters restored
+        # (indexed by data-parallel rank; a rigid checkpoint only reads this rank's entry)
+        engine.optimizer.load_state_dict([opt_sd] * ds_utils.world_size(),
+                                         load_optimizer_states=True, load_from_fp32_weights=True)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+

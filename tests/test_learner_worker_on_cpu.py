@@ -1,0 +1,297 @@
+"""LearnerWorker on real DeepSpeed (CPU, gloo) with the tiny model and HFEngine-made batches.
+
+Adam's first step is nearly invariant to the gradient's scale (update ~ lr * g / |g|), so the
+equivalence tests compare the pre-clip gradient norm as well as the parameters: a wrong loss
+scale (forgotten x world_size, a per-micro-batch denominator) shows in the norm.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from launch.config import LearnerConfig, PhiTrainingConfig
+from learner.core_algos import compute_grpo_advantages
+from learner.worker import LearnerWorker
+from meta import TemperatureHead
+from rollout.hf_engine import HFEngine
+from tests.test_rollout_hf_on_cpu import make_requests, strategy
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # ZeRO-3's gloo collectives
+
+CANDIDATES = [0.6, 0.8, 1.0, 1.2, 1.5]
+HEAD_KW = dict(eps=1e-3)  # the strategy's TemperatureHead arguments (defaults elsewhere)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    """The transformers engine with a seeded IntroLLM head (the head every worker starts from)."""
+    from transformers import AutoConfig
+
+    torch.manual_seed(0)
+    d = AutoConfig.from_pretrained(tiny_model_dir).hidden_size
+    return HFEngine.from_path(tiny_model_dir, strategy("introllm", d), max_new_tokens=16,
+                              batch_size=16)
+
+
+def make_batch(engine, name="introllm", seed=0):
+    """4 prompts x 4 responses with hand-set mixed rewards (2 right, 2 wrong per group)."""
+    introllm = engine.strategy
+    if name != "introllm":
+        engine.strategy = strategy(name, engine.model.config.hidden_size)
+    try:
+        batch = engine.generate(make_requests(engine.tokenizer, num_prompts=4, group=4), seed=seed)
+    finally:
+        engine.strategy = introllm
+    batch.rewards = torch.tensor([1.0, 0.0, 0.0, 1.0] * 4)
+    batch.advantages = compute_grpo_advantages(batch.rewards, batch.group_index)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def batch(engine):
+    return make_batch(engine)
+
+
+def make_worker(model_dir, engine, phi_lr=1e-2, **cfg):
+    cfg = {"lr": 1e-3, "micro_batch_size": 4, **cfg}
+    head = engine.strategy.head.state_dict()
+    return LearnerWorker(str(model_dir), LearnerConfig(**cfg), PhiTrainingConfig(lr=phi_lr),
+                         head_state=head, head_kwargs=HEAD_KW, total_steps=10)
+
+
+def naive_logits(model, batch):
+    """(B, T, V) response logits from one plain forward with the engine's position ids."""
+    ids, mask = batch.sequences()
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    lp, t = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos,
+                    output_hidden_states=True)
+    return out.logits[:, lp - 1: lp - 1 + t], out.hidden_states[-1][:, lp - 1: lp - 1 + t]
+
+
+def params(worker, which="all"):
+    return {k: v.clone() for k, v in worker.get_weights(which).items()}
+
+
+def max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("name", ["introllm", "ead"])  # EDT's tau is flat on the untrained model
+def test_old_logprobs_match_the_engine_and_loglik_is_the_naive_one(tiny_model_dir, engine, name):
+    batch = make_batch(engine, name)
+    mask = batch.response_mask
+    assert batch.tau[mask].std() > 0.01  # tau varies per token, so the check has teeth
+    w = make_worker(tiny_model_dir, engine, micro_batch_size=3, logprob_chunk=7)  # ragged chunks
+    old = w.compute_old_logprobs(batch, CANDIDATES)
+    B, T = batch.response_ids.shape
+    assert old["old_logp"].shape == (B, T) and old["loglik"].shape == (B, len(CANDIDATES))
+    assert (old["old_logp"] - batch.logp_rollout)[mask].abs().max() < 1e-4
+    assert (old["old_logp"][~mask] == 0).all()
+    logits, _ = naive_logits(engine.model, batch)  # (B, T, V)
+    for k, temp in enumerate(CANDIDATES):
+        lp = torch.log_softmax(logits / temp, -1).gather(-1, batch.response_ids[..., None])[..., 0]
+        naive = (lp * mask).sum(-1) / mask.sum(-1)  # (B,) length-normalised l_k
+        assert (old["loglik"][:, k] - naive).abs().max() < 1e-5
+    p = torch.softmax(logits / batch.tau[..., None], -1)
+    ent = -(p * p.clamp_min(1e-30).log()).sum(-1)  # (B, T) tempered entropy
+    assert (old["entropy"] - ent)[mask].abs().max() < 1e-4
+    assert (old["entropy_untempered"] - old["entropy"])[mask].abs().max() > 1e-3
+
+
+def test_theta_step_moves_the_grpo_objective_the_right_way(tiny_model_dir, engine, batch):
+    w = make_worker(tiny_model_dir, engine)
+    before = params(w, "theta")
+    old = w.compute_old_logprobs(batch)
+    stats = w.update_theta(batch, old)
+    for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm",
+                "actor/lr", "actor/entropy", "actor/skipped_nonfinite"):
+        assert key in stats and stats[key] == stats[key], key
+    assert abs(stats["actor/ppo_kl"]) < 1e-6  # one mini-batch: the update's forward = the old pass
+    assert stats["actor/skipped_nonfinite"] == 0 and stats["actor/optimizer_steps"] == 1
+    assert max_diff(before, params(w, "theta")) > 0
+    new = w.compute_old_logprobs(batch)["old_logp"]
+    mask = batch.response_mask
+    delta = ((new - old["old_logp"]) * mask).sum(-1) / mask.sum(-1)  # (B,) mean change per response
+    pos, neg = batch.advantages > 0, batch.advantages < 0
+    assert delta[pos].mean() > delta[neg].mean() + 1e-3
+
+
+@pytest.mark.parametrize("loss_agg, extra", [
+    ("token-mean", {}), ("seq-mean-token-mean", {}), ("seq-mean-token-sum-norm", {}),
+    ("token-mean", {"kl_coef": 0.1, "entropy_coef": 0.01, "mini_batches": 2}),
+])
+def test_micro_batching_equals_one_big_batch(tiny_model_dir, engine, batch, loss_agg, extra):
+    results = []
+    for mbs in (2, len(batch)):
+        w = make_worker(tiny_model_dir, engine, micro_batch_size=mbs, loss_agg=loss_agg, **extra)
+        stats = w.update_theta(batch, w.compute_old_logprobs(batch))
+        results.append((stats, params(w, "theta")))
+    (s1, p1), (s2, p2) = results
+    for key in ("actor/grad_norm", "actor/pg_loss", "actor/kl_loss", "actor/entropy_loss"):
+        if key in s2 or key in s1:
+            assert s1[key] == pytest.approx(s2[key], rel=1e-5, abs=1e-7), key
+    if extra:
+        assert s1["actor/kl_loss"] > 0 and s1["actor/entropy_loss"] > 0  # both terms were on
+        assert s1["actor/optimizer_steps"] == 2
+    assert max_diff(p1, p2) < 1e-5
+
+
+def test_phi_step_changes_only_the_head_and_favours_good_temperature_actions(
+        tiny_model_dir, engine, batch):
+    w = make_worker(tiny_model_dir, engine)
+    theta0, phi0 = params(w, "theta"), params(w, "phi")
+    stats = w.update_phi(batch)
+    for key in ("phi/pg_loss", "phi/pg_clipfrac", "phi/ppo_kl", "phi/grad_norm",
+                "phi/gate_entropy", "phi/beta_entropy"):
+        assert key in stats and stats[key] == stats[key], key
+    theta1, phi1 = params(w, "theta"), params(w, "phi")
+    assert all(torch.equal(theta0[k], theta1[k]) for k in theta0)  # backbone frozen, bitwise
+    assert max_diff(phi0, phi1) > 0
+    _, hidden = naive_logits(engine.model, batch)  # (B, T, d) post-norm h_t
+    forced = torch.zeros_like(batch.response_mask)
+    forced[:, 0] = True
+    logps = []
+    for sd in (phi0, phi1):
+        head = TemperatureHead(engine.model.config.hidden_size, **HEAD_KW)
+        head.load_state_dict({k.removeprefix("temperature_head."): v for k, v in sd.items()})
+        with torch.no_grad():
+            logps.append(head.log_prob(hidden, batch.gate, batch.z, forced))
+    mask = batch.response_mask
+    assert (logps[0] - batch.logp_phi)[mask].abs().max() < 1e-4  # same head as the behaviour
+    delta = ((logps[1] - logps[0]) * mask).sum(-1) / mask.sum(-1)  # (B,)
+    pos, neg = batch.advantages > 0, batch.advantages < 0
+    assert delta[pos].mean() > 0 and delta[pos].mean() > delta[neg].mean()
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+def test_non_finite_loss_skips_the_step_and_leaves_no_trace(tiny_model_dir, engine, batch, zero_stage):
+    bad = batch.select(list(range(len(batch))))
+    bad.advantages = batch.advantages.clone()
+    bad.advantages[3] = float("nan")
+    w = make_worker(tiny_model_dir, engine, zero_stage=zero_stage)
+    before = params(w)
+    old = w.compute_old_logprobs(bad)
+    st = w.update_theta(bad, old)
+    assert st["actor/skipped_nonfinite"] == 1 and st["actor/optimizer_steps"] == 0
+    st = w.update_phi(bad)
+    assert st["phi/skipped_nonfinite"] == 1
+    after = params(w)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # no stale gradient or optimizer state: a clean step now equals a fresh worker's clean step
+    w.update_theta(batch, old)
+    w.update_phi(batch)
+    fresh = make_worker(tiny_model_dir, engine, zero_stage=zero_stage)
+    fresh.update_theta(batch, fresh.compute_old_logprobs(batch))
+    fresh.update_phi(batch)
+    assert max_diff(params(w), params(fresh)) == 0
+
+
+def test_get_weights_load_into_fresh_models(tiny_model_dir, engine, batch):
+    from transformers import AutoModelForCausalLM
+
+    w = make_worker(tiny_model_dir, engine)
+    w.update_theta(batch, w.compute_old_logprobs(batch))
+    w.update_phi(batch)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    fresh.load_state_dict(w.get_weights("theta"))
+    ours, _ = naive_logits(w.theta.module, batch)
+    theirs, hidden = naive_logits(fresh, batch)
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(theirs, naive_logits(engine.model, batch)[0])  # the step is in there
+    phi = w.get_weights("phi")
+    names = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
+    assert set(phi) == {f"temperature_head.{k}" for k in names}
+    head = TemperatureHead(engine.model.config.hidden_size, **HEAD_KW)
+    head.load_state_dict({k.removeprefix("temperature_head."): v for k, v in phi.items()})
+    assert torch.equal(head(hidden), w.phi.module.temperature_head(hidden))
+    assert set(w.get_weights("all")) == set(phi) | set(w.get_weights("theta"))
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
+def test_state_dict_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_path, zero_stage):
+    w = make_worker(tiny_model_dir, engine, zero_stage=zero_stage, warmup_steps=3)
+    old = w.compute_old_logprobs(batch)
+    w.update_theta(batch, old)  # non-trivial optimizer state and schedule position
+    w.update_phi(batch)
+    w.save_checkpoint(str(tmp_path))
+    sd = w.state_dict()
+
+    def step():
+        stats = w.update_theta(batch, old)
+        w.update_phi(batch)
+        return stats["actor/lr"], params(w), torch.rand(3)
+
+    lr1, p1, r1 = step()
+    w.load_state_dict(sd)
+    lr2, p2, r2 = step()
+    assert lr1 == lr2 == pytest.approx(1e-3 * 2 / 3)  # second warm-up update
+    assert all(torch.equal(p1[k], p2[k]) for k in p1) and torch.equal(r1, r2)
+    w.load_checkpoint(str(tmp_path))  # the same through the file
+    lr3, p3, r3 = step()
+    assert all(torch.equal(p1[k], p3[k]) for k in p1) and torch.equal(r1, r3)
+    assert sorted(os.listdir(tmp_path)) == ["learner_rank0.pt"]
+
+
+def test_train_step_runs_the_phases_and_returns_the_meta_input(tiny_model_dir, engine, batch):
+    w = make_worker(tiny_model_dir, engine)
+    stats, meta = w.train_step(batch, "joint", CANDIDATES)
+    assert {"actor/pg_loss", "phi/pg_loss", "timing_s/update_actor", "timing_s/update_phi",
+            "timing_s/old_log_prob"} <= set(stats)
+    assert stats["actor/rollout_logp_diff_max"] < 1e-4  # the per-token temperature invariant
+    assert meta["loglik"].shape == (len(batch), len(CANDIDATES))
+    assert torch.equal(meta["advantages"], batch.advantages)
+    theta = params(w, "theta")
+    stats, meta = w.train_step(batch, "phi")
+    assert meta is None and "actor/pg_loss" not in stats and "phi/pg_loss" in stats
+    assert all(torch.equal(theta[k], v) for k, v in params(w, "theta").items())
+
+
+# ------------------------------------------------------------------ 2 ranks == 1 rank (Ray)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": root, "DS_ACCELERATOR": "cpu"}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engine, batch, ray_local):
+    from learner.ds_utils import free_port
+
+    ray = ray_local
+    cfg = dict(lr=1e-3, micro_batch_size=3, mini_batches=2, zero_stage=2)
+    head = engine.strategy.head.state_dict()
+    port = free_port()
+    Actor = ray.remote(num_cpus=1)(LearnerWorker)
+    ranks = [Actor.remote(str(tiny_model_dir), LearnerConfig(**cfg), PhiTrainingConfig(lr=1e-2),
+                          head, HEAD_KW, 10, r, 2, "127.0.0.1", port) for r in range(2)]
+    halves = batch.split(2)
+    olds = ray.get([a.compute_old_logprobs.remote(h) for a, h in zip(ranks, halves)])
+    theta_stats = ray.get([a.update_theta.remote(h, o) for a, h, o in zip(ranks, halves, olds)])
+    phi_stats = ray.get([a.update_phi.remote(h) for a, h in zip(ranks, halves)])
+    w0, w1 = ray.get([a.get_weights.remote("all") for a in ranks])
+    for a in ranks:
+        ray.kill(a)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # replicas stay identical
+
+    single = make_worker(tiny_model_dir, engine, **cfg)
+    s_theta = single.update_theta(batch, single.compute_old_logprobs(batch))
+    s_phi = single.update_phi(batch)
+    assert theta_stats[0] == theta_stats[1]  # reduced stats: the same on every rank
+    for key in ("actor/grad_norm", "actor/pg_loss", "actor/entropy"):
+        assert theta_stats[0][key] == pytest.approx(s_theta[key], rel=1e-5, abs=1e-7), key
+    for key in ("phi/grad_norm", "phi/pg_loss"):
+        assert phi_stats[0][key] == pytest.approx(s_phi[key], rel=1e-5, abs=1e-7), key
+    print("2 ranks vs 1 rank, max |param diff|:", max_diff(w0, params(single)))
+    assert max_diff(w0, params(single)) < 1e-5
