@@ -57,38 +57,36 @@ def load_data(run: RunConfig):
 
 
 def run_pipeline(run: RunConfig, run_dir: str) -> dict:
-    """Resolve model and data, then evaluate the model on the held-out split.
+    """Resolve model and data, train on Ray actors, evaluate; returns the final metrics."""
+    from dataclasses import asdict
 
-    The distributed GRPO training loop (rollout / reward / learner / meta actors) plugs in here
-    as it lands; today this runs the baseline evaluation that the training loop reports against.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from data.prompts import render_prompt
-    from launch.evaluate import evaluate, format_table, hf_sampler
+    from launch.evaluate import format_table
+    from launch.logger import MetricsLogger
+    from launch.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.time()
     model_path = resolve_model_path(run)
     train, heldout = load_data(run)
-    log.info("model %s; %d train / %d held-out problems", model_path, len(train), len(heldout))
-    torch.manual_seed(run.seed)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, run.model.dtype))
-    model.eval()
-    prompts = [render_prompt(p, tok, run.data.prompt_template, run.data.instruction) for p in heldout]
-    temperature = run.eval.temperature if run.eval.temperature is not None else 1.0
-    if run.eval.temperature_mode == "greedy":
-        temperature = 0.0
-    sampler = hf_sampler(model, tok, temperature, run.rollout.max_new_tokens, run.rollout.batch_size)
-    metrics = evaluate(heldout, prompts, sampler, run.eval.samples) if heldout else {}
-    result = {"model": str(model_path), "eval_temperature": temperature,
-              "seconds": round(time.time() - t0, 1), **metrics}
-    Path(run_dir, "baseline_eval.json").write_text(json.dumps(result, indent=2))
-    if metrics:
-        print(f"held-out evaluation of {model_path.name} at T={temperature} "
-              f"({len(heldout)} problems x {run.eval.samples} samples):")
-        print(format_table(metrics, run.eval.samples))
-    print(f"run folder: {os.path.abspath(run_dir)}")
-    return result
+    print(f"model {model_path}; {len(train)} train / {len(heldout)} held-out problems; "
+          f"strategy {run.meta.name}; run folder {os.path.abspath(run_dir)}")
+    trainer = Trainer(run, run_dir, model_path, train, heldout)
+    logger = MetricsLogger(run_dir, asdict(run), run.wandb.mode, run.wandb.project,
+                           run.wandb.entity, run.wandb.name or f"{run.experiment}-{Path(run_dir).name}")
+    trainer.wandb_id = logger.run_id
+    try:
+        trainer.setup()
+        final = trainer.fit(logger)
+    finally:
+        logger.finish()
+        trainer.shutdown()
+    k = run.eval.samples
+    summary = {"model": str(model_path), "seconds": round(time.time() - t0, 1), **final}
+    Path(run_dir, "final_metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    for prefix, label in (("eval_base/", "before training"), ("eval/", "after training")):
+        part = {key[len(prefix):]: v for key, v in final.items() if key.startswith(prefix)}
+        if part:
+            print(f"held-out evaluation {label} ({len(heldout)} problems x {k} samples):")
+            print(format_table(part, k))
+    print(f"done in {summary['seconds']:.0f}s; run folder: {os.path.abspath(run_dir)}")
+    return summary

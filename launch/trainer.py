@@ -1,0 +1,320 @@
+"""The training loop on Ray actors: ``Trainer.setup / step / evaluate / save / fit``.
+
+One step (DESIGN.md):
+
+    driver: prompts + meta.plan -> requests
+    rollout actors -> ObjectRef(TrajectoryBatch) --> reward actor (scores, GRPO advantages)
+        --> learner ranks (old log-probs + TAMPO l_k from the same logits; theta or phi phase)
+        --> meta actor (TAMPO update)      learner rank 0 weights --> rollout actors
+
+The driver only moves object refs and small metric dicts; trajectory tensors never enter it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from launch.config import RunConfig, build_strategy, strategy_kwargs
+from meta.phases import phase_for_step
+from rollout.base import RolloutRequest
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+              "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0"}
+
+
+class PromptSampler:
+    """Epoch-shuffled prompt indices; its state (epoch, position) is part of a checkpoint."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.pos = size, seed, 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(self.size))
+        random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
+        return order
+
+    def next(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos >= self.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            take = min(k - len(out), self.size - self.pos)
+            out += self._order[self.pos : self.pos + take]
+            self.pos += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.epoch, self.pos = sd["epoch"], sd["pos"]
+        self._order = self._shuffle()
+
+
+def start_ray(run: RunConfig, num_actors: int) -> str | None:
+    """Start (or join) the Ray cluster; returns the dashboard URL, if any."""
+    import ray
+
+    if ray.is_initialized():
+        return None
+    root = str(Path(__file__).resolve().parents[1])  # workers import the project from here
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**WORKER_ENV, "PYTHONPATH": path}
+    kwargs = dict(namespace=run.cluster.namespace, runtime_env={"env_vars": env},
+                  include_dashboard=run.cluster.dashboard, log_to_driver=True)
+    if run.cluster.address:
+        ctx = ray.init(address=run.cluster.address, **kwargs)
+    else:
+        cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, num_actors)
+        kwargs["dashboard_host"] = run.cluster.dashboard_host
+        ctx = ray.init(num_cpus=cpus, **kwargs)
+    url = getattr(ctx, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, run_dir: str, model_path: str, train, heldout):
+        self.run, self.run_dir, self.model_path = run, Path(run_dir), str(model_path)
+        self.train, self.heldout = train, heldout
+        self.sampler = PromptSampler(len(train), run.seed)
+        self.start_step = 0
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        import ray
+        from transformers import AutoConfig, AutoTokenizer
+
+        from data.prompts import render_prompt
+
+        run = self.run
+        torch.manual_seed(run.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        hidden = AutoConfig.from_pretrained(self.model_path).hidden_size
+        self.strategy = build_strategy(run, hidden)  # seeded: every actor gets this same copy
+        render = lambda p: self.tokenizer(  # noqa: E731
+            render_prompt(p, self.tokenizer, run.data.prompt_template, run.data.instruction)
+        )["input_ids"][-run.rollout.max_prompt_tokens:]
+        self.train_ids = [render(p) for p in self.train]
+        self.heldout_ids = [render(p) for p in self.heldout]
+        m = run.learner.num_ranks
+        self.dashboard = start_ray(run, run.rollout.num_actors + m + 2)
+        if self.dashboard:
+            print(f"Ray dashboard: {self.dashboard}")
+        self._make_actors(hidden)
+        ray.get([a.ping.remote() for a in self.rollout])
+
+    def _make_actors(self, hidden: int) -> None:
+        import ray
+
+        from learner.worker import LearnerWorker
+        from meta.worker import MetaWorker
+        from reward.worker import RewardWorker
+        from rollout.worker import RolloutWorker
+
+        run = self.run
+        restart = dict(max_restarts=3, max_task_retries=3)
+        self.rollout = [
+            ray.remote(RolloutWorker).options(name=f"rollout-{i}", num_cpus=1, **restart).remote(
+                self.model_path, self.strategy, run.rollout, run.model.dtype, run.seed, i)
+            for i in range(run.rollout.num_actors)]
+        self.reward = ray.remote(RewardWorker).options(name="reward", num_cpus=1, **restart).remote(
+            run.reward.num_workers, run.reward.timeout_s, run.reward.format_weight,
+            run.learner.norm_adv_by_std, self.pad_id)
+        self.meta = ray.remote(MetaWorker).options(name="meta", num_cpus=0).remote(
+            self.strategy, run.seed)
+        head = getattr(self.strategy, "head", None)
+        head_state = head.state_dict() if head is not None else None
+        kw = strategy_kwargs(run, hidden)
+        head_kwargs = {k: kw[k] for k in ("hidden_size", "eps", "gate_init_prob", "beta_init",
+                                          "head_init_std") if k in kw} if head is not None else None
+        port = _free_port()
+        m = run.learner.num_ranks
+        self.learners = [
+            ray.remote(LearnerWorker).options(name=f"learner-{r}", num_cpus=1).remote(
+                self.model_path, run.learner, run.meta.phi, head_state, head_kwargs,
+                run.trainer.total_steps, rank=r, world_size=m, master_addr="127.0.0.1",
+                master_port=port, dtype=run.model.dtype, seed=run.seed)
+            for r in range(m)]
+        self.candidates = ray.get(self.meta.get_candidates.remote())
+
+    # ------------------------------------------------------------------ one step
+
+    def phase(self, step: int) -> str:
+        if self.run.meta.name != "introllm":
+            return "theta"
+        phi = self.run.meta.phi
+        return phase_for_step(step, phi.schedule, phi.phase_len, phi.phi_first)
+
+    def requests_for(self, step: int) -> list[list[RolloutRequest]]:
+        """This step's requests, split across rollout actors with whole groups together."""
+        import ray
+
+        run = self.run
+        idx = self.sampler.next(run.trainer.prompts_per_step)
+        temps = ray.get(self.meta.plan.remote(step, len(idx)))
+        self._planned = temps  # TAMPO's chosen T_s (or the schedule's value), for the metrics
+        reqs = [RolloutRequest(self.train_ids[i], g, temps[g], p.id, p.task, p.answer, p.level,
+                               p.meta)
+                for g, (i, p) in enumerate((i, self.train[i]) for i in idx)
+                for _ in range(run.rollout.group_size)]
+        return _split_groups(reqs, run.rollout.num_actors)
+
+    def step(self, step: int) -> dict:
+        import ray
+
+        t0 = time.perf_counter()
+        phase = self.phase(step)
+        parts = self.requests_for(step)
+        batch_refs = [a.generate.remote(p, step, self.run.seed * 100_003 + step)
+                      for a, p in zip(self.rollout, parts) if p]
+        scored_ref, rollout_metrics_ref = self.reward.score.options(num_returns=2).remote(*batch_refs)
+        results = [lr.train_step.options(num_returns=2).remote(scored_ref, phase, self.candidates)
+                   for lr in self.learners]
+        stats_refs, meta_refs = zip(*results)
+        meta_ref = self.meta.update.remote(*meta_refs)
+        dump_every = self.run.trainer.dump_every
+        if dump_every and (step % dump_every == 0 or step == self.run.trainer.total_steps - 1):
+            self.reward.dump.remote(scored_ref, str(self.run_dir / "rollouts" / f"step_{step:06d}.jsonl"),
+                                    self.model_path)
+        learner_stats = ray.get(list(stats_refs))
+        t_sync = time.perf_counter()
+        which = {"theta": "theta", "phi": "phi", "joint": "all"}[phase]
+        weights = [lr.get_weights.remote(which) for lr in self.learners][0]
+        sync_s = ray.get([a.load_weights.remote(weights) for a in self.rollout])
+        metrics = {**ray.get(rollout_metrics_ref), **_mean_dicts(learner_stats),
+                   **ray.get(meta_ref)}
+        metrics["timing_s/update_weights"] = time.perf_counter() - t_sync
+        metrics["timing_s/update_weights_engine"] = max(sync_s)
+        metrics["timing_s/step"] = time.perf_counter() - t0
+        metrics["perf/throughput"] = metrics.get("rollout/gen_tokens", 0.0) / metrics["timing_s/step"]
+        metrics["phase"] = phase
+        metrics["rollout/planned_temperature"] = sum(self._planned) / len(self._planned)
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out Avg@k / Pass@k / maj@k, overall, per family and per level."""
+        import ray
+
+        from launch.metrics import summarize
+        from launch.evaluate import groups_of
+        from reward.extract import last_boxed
+
+        run, k = self.run, self.run.eval.samples
+        if not self.heldout:
+            return {}
+        if run.eval.temperature is not None:
+            temps = [run.eval.temperature] * len(self.heldout)
+        else:
+            temps = ray.get(self.meta.plan.remote(step, len(self.heldout)))
+        reqs = [RolloutRequest(self.heldout_ids[i], i, temps[i], p.id, p.task, p.answer, p.level,
+                               p.meta) for i, p in enumerate(self.heldout) for _ in range(k)]
+        greedy = run.eval.temperature_mode == "greedy"
+        mode = "mean" if run.eval.temperature_mode == "mean" else "sample"
+        ray.get([a.set_temperature_mode.remote(mode) for a in self.rollout])
+        parts = _split_groups(reqs, len(self.rollout))
+        texts_refs = [a.generate_texts.remote(p, step, 7_919 + step, greedy)
+                      for a, p in zip(self.rollout, parts) if p]
+        texts = [t for ts in ray.get(texts_refs) for t in ts]
+        ray.get([a.set_temperature_mode.remote("sample") for a in self.rollout])
+        items = [(q.task, t, q.answer, q.meta) for q, t in zip(reqs, texts)]
+        rewards = ray.get(self.reward.score_texts.remote(items))
+        records = [{"correct": rewards[i * k:(i + 1) * k],
+                    "answers": [last_boxed(t) for t in texts[i * k:(i + 1) * k]],
+                    "groups": groups_of(p)} for i, p in enumerate(self.heldout)]
+        return {f"eval/{key}": v for key, v in summarize(records, ks=tuple(sorted({1, k}))).items()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, step: int) -> Path:
+        """Atomic checkpoint: written under a temporary name, then renamed; keeps the last k."""
+        import ray
+
+        root = self.run_dir / "checkpoints"
+        final = root / f"step_{step + 1:06d}"
+        tmp = root / f".tmp_step_{step + 1:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        ray.get([lr.save_checkpoint.remote(str(tmp / f"learner_rank{r}"))
+                 for r, lr in enumerate(self.learners)])
+        torch.save({"meta": ray.get(self.meta.state_dict.remote()), "step": step + 1,
+                    "sampler": self.sampler.state_dict(), "rng": torch.get_rng_state(),
+                    "wandb_id": getattr(self, "wandb_id", None)}, tmp / "driver.pt")
+        (tmp / "COMPLETE").write_text(json.dumps({"step": step + 1}))
+        os.replace(tmp, final)
+        for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-self.run.trainer.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, logger) -> dict[str, float]:
+        from tqdm import tqdm
+
+        run = self.run
+        total = run.trainer.total_steps
+        last: dict[str, float] = {}
+        base = {k.replace("eval/", "eval_base/"): v for k, v in self.evaluate(0).items()}
+        if base:
+            logger.log(0, base)
+        bar = tqdm(range(self.start_step, total), desc="train", disable=None, leave=False)
+        for step in bar:
+            metrics = self.step(step)
+            if run.eval.every and (step + 1) % run.eval.every == 0 and step + 1 < total:
+                metrics.update(self.evaluate(step + 1))
+            if step + 1 == total:
+                metrics.update(self.evaluate(step + 1))
+            if run.trainer.save_every and ((step + 1) % run.trainer.save_every == 0 or step + 1 == total):
+                self.save(step)
+            logger.log(step + 1, metrics)
+            tqdm.write(logger.console_line(step, total, metrics))
+            last = metrics
+        return {**base, **last}
+
+    def shutdown(self) -> None:
+        import ray
+
+        try:
+            ray.get(self.reward.close.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+        ray.shutdown()
+
+
+def _split_groups(reqs: list[RolloutRequest], parts: int) -> list[list[RolloutRequest]]:
+    groups: dict[int, list[RolloutRequest]] = {}
+    for r in reqs:
+        groups.setdefault(r.group_index, []).append(r)
+    out: list[list[RolloutRequest]] = [[] for _ in range(parts)]
+    for j, g in enumerate(groups.values()):
+        out[j % parts].extend(g)
+    return out
+
+
+def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
+    keys = {k for d in dicts for k in d}
+    return {k: sum(d[k] for d in dicts if k in d) / sum(1 for d in dicts if k in d) for k in keys}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
