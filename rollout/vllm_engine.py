@@ -1,0 +1,323 @@
+"""vLLM rollout engine with a per-token temperature chosen inside the model's ``compute_logits``.
+
+    engine = VLLMEngine(model_path, strategy, max_model_len=192, max_new_tokens=64)
+    batch = engine.generate(requests, step=3, seed=7)     # -> validated TrajectoryBatch
+    secs = engine.load_weights(state_dict)                 # θ (HF names) and/or φ (temperature_head.*)
+    engine.close()
+
+How it departs from plain vLLM sampling (see ``rollout.vllm_model`` / ``rollout.vllm_rows``):
+
+* the model class is ``Tempo<Arch>``: the checkpoint's vLLM class plus the temperature head; it
+  runs ``strategy.select`` on each sampled row in ``compute_logits`` and divides the row's logits
+  by its τ. Every strategy goes through that path (scalar ones return the request's base τ).
+* requests go out with temperature 1.0 (0 for greedy), top-p 1, top-k off, no penalties,
+  ``logprobs=0``: vLLM's returned sampled-token log-prob is log_softmax(z / τ)[y], the rollout
+  log-prob the learner must reproduce; one request per response (n = 1).
+* vLLM loads an overlay of the model folder (``rollout.vllm_overlay``) that names the Tempo
+  architecture and holds head weights (initialised and saved there when the folder has none).
+* the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the strategy object
+  given here is the one the model calls, and an IntroLLM strategy's head *is* the model's head
+  module (its weights are the folder's), so ``engine.strategy.state_dict()`` is what samples.
+
+A plain object: a Ray actor wraps it (``rollout.worker``). Heavy imports happen in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import re
+import shutil
+import time
+import uuid
+
+import torch
+from torch import Tensor
+
+from meta.base import TemperatureStrategy
+from rollout.base import ResponseRecord, RolloutRequest, assemble_batch
+from rollout.trajectory import TrajectoryBatch
+from rollout.vllm_compat import configure_env, import_vllm
+from rollout.vllm_overlay import HEAD_PREFIX, build_overlay, checkpoint_keys, head_keys, read_config
+
+log = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "rollout.vllm_worker.TempoWorkerExtension"
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                   "vllm.model_executor.model_loader.reload.inplace")
+_LAYER = re.compile(r"^(.*?\.\d+)\.")  # "model.layers.3.mlp.up_proj.weight" -> "model.layers.3"
+
+
+class VLLMEngine:
+    """Generates ``TrajectoryBatch``es with vLLM; one engine per process."""
+
+    def __init__(self, model_path: str, strategy: TemperatureStrategy, *, dtype: str = "float32",
+                 max_model_len: int, max_new_tokens: int, kv_cache_gb: int = 1,
+                 gpu_memory_utilization: float = 0.5, max_num_seqs: int = 256,
+                 enforce_eager: bool = True, seed: int = 0, head_dir: str | None = None,
+                 **engine_kwargs):
+        """``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``max_num_batched_tokens``,
+        ``num_gpu_blocks_override``, ``block_size``, ``tensor_parallel_size``).
+        ``head_dir``: where the overlay folder lives (kept, and its head reused, across runs);
+        None = a temporary folder removed by ``close``."""
+        if max_new_tokens < 1 or max_model_len <= max_new_tokens:
+            raise ValueError(f"need 1 <= max_new_tokens ({max_new_tokens}) < max_model_len "
+                             f"({max_model_len}); set max_model_len = max prompt + max_new_tokens")
+        configure_env(kv_cache_gb)
+        import_vllm()
+        from vllm import LLM, envs
+
+        if hasattr(envs, "disable_envs_cache"):  # an earlier engine froze env lookups: re-read
+            envs.disable_envs_cache()
+
+        from rollout.vllm_rows import V1RowTracker
+
+        self.model_path = str(model_path)
+        self.max_model_len, self.max_new_tokens, self.seed = max_model_len, max_new_tokens, seed
+        self.strategy = strategy
+        architecture = self._prepare_folder(head_dir)
+        self.llm = None
+        t0 = time.perf_counter()
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = LLM(model=str(self._overlay), tokenizer=self.model_path, dtype=dtype,
+                           max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                           enforce_eager=enforce_eager, seed=seed,
+                           gpu_memory_utilization=gpu_memory_utilization,
+                           logits_processors=[V1RowTracker], worker_extension_cls=WORKER_EXTENSION,
+                           **engine_kwargs)
+            self._rpc("tempo_bind", strategy, seed)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            # vLLM's CPU worker replaces torch.set_num_threads process-wide with a no-op (it guards
+            # the OpenMP binding of its own worker processes); in-process nothing was bound
+            torch.set_num_threads = set_num_threads
+        self.start_s = time.perf_counter() - t0
+        from vllm.platforms import current_platform
+
+        self._on_cpu = current_platform.is_cpu()
+        tok = self.llm.get_tokenizer()
+        self.tokenizer = tok
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        log.info("vLLM engine ready in %.1fs (%s, %s)", self.start_s, architecture, dtype)
+
+    # ------------------------------------------------------------------ public API
+
+    def set_strategy(self, strategy: TemperatureStrategy) -> None:
+        """Sample with ``strategy`` from the next generate() on (a head-owning one adopts the
+        engine's head module and weights)."""
+        self._rpc("tempo_bind", strategy, self.seed)
+        self.strategy = strategy
+
+    @torch.no_grad()
+    def generate(self, requests: list[RolloutRequest], step: int = 0, seed: int | None = None,
+                 greedy: bool = False) -> TrajectoryBatch:
+        """One response per request (B = len(requests)); returns a validated TrajectoryBatch.
+
+        ``seed`` makes the batch reproducible: it seeds the strategy's RNG and vLLM's sampling
+        (per-request seeds on GPU; on CPU the process's global torch RNG, see below), given the
+        same requests and engine settings. ``greedy`` decodes by argmax with τ = 1 (recorded).
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from rollout.vllm_rows import BASE_TAU, GREEDY, KEY
+
+        if not requests:
+            raise ValueError("generate() needs at least one request")
+        for i, q in enumerate(requests):
+            if not q.prompt_ids or len(q.prompt_ids) + self.max_new_tokens > self.max_model_len:
+                raise ValueError(
+                    f"request {i} has {len(q.prompt_ids)} prompt tokens; need 1 <= prompt tokens "
+                    f"<= max_model_len - max_new_tokens = {self.max_model_len - self.max_new_tokens}; "
+                    f"truncate prompts or raise max_model_len")
+        t0 = time.perf_counter()
+        # CPU: vLLM rewinds a per-request generator when a partial-prefill row's token is dropped,
+        # which CPU generators cannot do; seeded CPU batches reseed the global RNG vLLM draws from
+        per_request_seed = seed is not None and not self._on_cpu
+        tag = uuid.uuid4().hex[:12]
+        keys = [f"{tag}-{i}" for i in range(len(requests))]
+        params = [SamplingParams(
+            n=1, temperature=0.0 if greedy else 1.0, top_p=1.0, top_k=0, min_p=0.0,
+            max_tokens=self.max_new_tokens, logprobs=0, flat_logprobs=True,
+            seed=(seed * 1_000_003 + i) % (2 ** 63) if per_request_seed else None,
+            skip_special_tokens=True,
+            extra_args={KEY: k, BASE_TAU: float(q.base_tau), GREEDY: bool(greedy)})
+            for i, (q, k) in enumerate(zip(requests, keys))]
+        prompts = [TokensPrompt(prompt_token_ids=list(q.prompt_ids)) for q in requests]
+        self._rpc("tempo_begin", step, seed, seed is not None and not per_request_seed)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        got = self._rpc("tempo_collect", keys)
+        if got["anomalies"]:
+            raise RuntimeError(f"per-token temperature bookkeeping failed in vLLM: "
+                               f"{got['anomalies']}; e.g. {got['messages'][:3]}")
+        records = [self._record(out, got["records"][k], k) for out, k in zip(outputs, keys)]
+        n_tokens = sum(len(r.token_ids) for r in records)
+        stats = {"gen_s": time.perf_counter() - t0, "gen_tokens": float(n_tokens),
+                 **{f"vllm/{k}": v for k, v in got["counters"].items()}}
+        return assemble_batch(requests, records, self.pad_id, step, stats)
+
+    def load_weights(self, state_dict: dict[str, Tensor]) -> float:
+        """Load θ (HF parameter names) and/or φ (``temperature_head.*``) into the running engine.
+
+        Every module touched must be sent whole (a decoder layer ``model.layers.N`` with all its
+        parameters, or a top-level module such as ``model.embed_tokens``): vLLM reloads layer by
+        layer and a half-sent layer corrupts its other parameters. Resets the prefix cache.
+        Returns the seconds the sync took.
+        """
+        t0 = time.perf_counter()
+        items = self._check_state_dict(state_dict)
+        # a partial sync (e.g. the head alone) makes vLLM warn about every layer not sent
+        with _quiet(*_RELOAD_LOGGERS) if len(items) < len(self._keys) else contextlib.nullcontext():
+            self._rpc("reload_weights", weights_iterator=iter(items))
+        self.llm.reset_prefix_cache()
+        elapsed = time.perf_counter() - t0
+        log.debug("weight sync of %d tensors in %.3fs", len(items), elapsed)
+        return elapsed
+
+    def head_state_dict(self) -> dict[str, Tensor]:
+        """The temperature head the engine samples with (TemperatureHead names, fp32 copies)."""
+        return self._rpc("tempo_head_state")
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory; removes a temporary overlay folder."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            if hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm, core
+            gc.collect()
+            try:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
+            except Exception as e:  # best effort: the process may be exiting
+                log.warning("vLLM cleanup: %s", e)
+        if getattr(self, "_overlay_is_temporary", False):
+            shutil.rmtree(self._overlay, ignore_errors=True)
+            self._overlay_is_temporary = False
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare_folder(self, head_dir: str | None) -> str:
+        """Register the Tempo class, build the overlay vLLM loads, index the weight names."""
+        from rollout.vllm_model import register_architecture
+
+        config = read_config(self.model_path)
+        archs = config.get("architectures") or []
+        if not archs:
+            raise ValueError(f"{self.model_path}/config.json has no 'architectures'; set it to the "
+                             f"model class, e.g. [\"Qwen2ForCausalLM\"]")
+        architecture = register_architecture(archs[0])
+        hidden_size = int((config.get("text_config") or config)["hidden_size"])
+        head = getattr(self.strategy, "head", None)
+        if head is not None and head.fc1.in_features != hidden_size:
+            raise ValueError(f"the strategy's temperature head reads hidden size "
+                             f"{head.fc1.in_features} but {self.model_path} has hidden_size "
+                             f"{hidden_size}; build the strategy with hidden_size={hidden_size}")
+        self._keys = checkpoint_keys(self.model_path)
+        strategy, seed = self.strategy, self.seed
+        self._overlay, self._overlay_is_temporary = build_overlay(
+            self.model_path, architecture, self._keys,
+            lambda: initial_head_state(strategy, hidden_size, seed), head_dir)
+        self._keys |= set(head_keys())
+        self._modules: dict[str, set[str]] = {}  # module -> the weight names it must be sent with
+        for k in self._keys:
+            self._modules.setdefault(_module_of(k), set()).add(k)
+        return architecture
+
+    def _rpc(self, method: str, *args, **kwargs):
+        return self.llm.collective_rpc(method, args=args, kwargs=kwargs or None)[0]
+
+    def _record(self, out, recs: list, key: str) -> ResponseRecord:
+        comp = out.outputs[0]
+        ids = list(comp.token_ids)
+        n = len(ids)
+        if comp.finish_reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished response {key} with {comp.finish_reason!r}; expected "
+                               f"'stop' (EOS) or 'length' (max_new_tokens)")
+        if len(recs) < n or any(r is None for r in recs[:n]):
+            missing = [t for t in range(n) if t >= len(recs) or recs[t] is None]
+            raise RuntimeError(f"response {key} has {n} tokens but no recorded temperature at "
+                               f"positions {missing[:8]}; the row attribution lost track")
+        recs = recs[:n]
+        with_phi = getattr(self.strategy, "head", None) is not None
+        return ResponseRecord(
+            token_ids=ids, tau=[r[0] for r in recs], logp=_sampled_logprobs(comp, ids),
+            finish_reason=comp.finish_reason, text=comp.text,
+            gate=[r[1] for r in recs] if with_phi else None,
+            z=[r[2] for r in recs] if with_phi else None,
+            logp_phi=[r[3] for r in recs] if with_phi else None)
+
+    def _check_state_dict(self, state_dict: dict[str, Tensor]) -> list[tuple[str, Tensor]]:
+        """(name, tensor) pairs to send; rejects unknown names and partly-sent modules."""
+        sd = {k: v.detach() for k, v in state_dict.items()}
+        if "lm_head.weight" not in self._keys and "model.embed_tokens.weight" in sd:
+            sd.pop("lm_head.weight", None)  # tied embeddings: the same tensor, sent as the embedding
+        unknown = sorted(k for k in sd if k not in self._keys)
+        if unknown:
+            raise KeyError(f"weights not in the model: {unknown[:5]} (of {len(unknown)}); expected "
+                           f"Hugging Face names such as {sorted(self._keys)[:3]} or "
+                           f"{HEAD_PREFIX}fc1.weight")
+        partial = sorted(m for m in {_module_of(k) for k in sd} if not self._modules[m] <= sd.keys())
+        if partial:
+            raise ValueError(f"load_weights got part of module(s) {partial[:5]}: send every "
+                             f"parameter of a module (vLLM reloads per layer and would corrupt the "
+                             f"unsent ones), or the full state dict")
+        if not sd:
+            raise ValueError("load_weights got an empty state dict")
+        return list(sd.items())
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Raise the given loggers to ERROR for the duration of the block."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _module_of(name: str) -> str:
+    """The unit a weight sync must send whole: a numbered block, else the owning module."""
+    m = _LAYER.match(name)
+    return m.group(1) if m else name.rsplit(".", 1)[0]
+
+
+def _sampled_logprobs(comp, ids: list[int]) -> list[float]:
+    """vLLM's log-prob of each sampled token (logprobs=0 returns exactly the sampled one)."""
+    lps = comp.logprobs
+    if lps is None or len(lps) != len(ids):
+        raise RuntimeError(f"vLLM returned {None if lps is None else len(lps)} log-probs for "
+                           f"{len(ids)} tokens; requests must set logprobs=0")
+    if hasattr(lps, "start_indices"):  # FlatLogprobs
+        out = []
+        for t, y in enumerate(ids):
+            j = lps.start_indices[t]
+            if lps.token_ids[j] != y:  # the sampled token comes first; search the rest anyway
+                j = lps.token_ids.index(y, j, lps.end_indices[t])
+            out.append(float(lps.logprobs[j]))
+        return out
+    return [float(pos[y].logprob) for pos, y in zip(lps, ids)]
+
+
+def initial_head_state(strategy: TemperatureStrategy, hidden_size: int, seed: int) -> dict:
+    """Head weights for a folder that has none: the strategy's own head (IntroLLM's init, so the
+    engine and the caller start identical), else a fresh ``TemperatureHead`` seeded by ``seed``."""
+    from meta.introllm import TemperatureHead
+
+    head = getattr(strategy, "head", None)
+    if isinstance(head, TemperatureHead):
+        return head.state_dict()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TemperatureHead(hidden_size).state_dict()
