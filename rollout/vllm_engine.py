@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 WORKER_EXTENSION = "rollout.vllm_worker.TempoWorkerExtension"
 _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
                    "vllm.model_executor.model_loader.reload.inplace")
+_TIED_MODULES = ("model.embed_tokens", "lm_head")  # a tied LM head must be re-packed after these
 _LAYER = re.compile(r"^(.*?\.\d+)\.")  # "model.layers.3.mlp.up_proj.weight" -> "model.layers.3"
 
 
@@ -173,6 +174,8 @@ class VLLMEngine:
         # a partial sync (e.g. the head alone) makes vLLM warn about every layer not sent
         with _quiet(*_RELOAD_LOGGERS) if len(items) < len(self._keys) else contextlib.nullcontext():
             self._rpc("reload_weights", weights_iterator=iter(items))
+        if any(_module_of(k) in _TIED_MODULES for k, _ in items):
+            self._rpc("tempo_refresh_tied_lm_head")
         self.llm.reset_prefix_cache()
         elapsed = time.perf_counter() - t0
         log.debug("weight sync of %d tensors in %.3fs", len(items), elapsed)

@@ -42,6 +42,26 @@ class TempoWorkerExtension:
     def tempo_collect(self, keys: list[str]) -> dict:
         return self._tempo_model().tempo_runtime.collect(keys)
 
+    def tempo_refresh_tied_lm_head(self) -> bool:
+        """Re-pack a tied LM head after its embedding was reloaded; True if it was tied.
+
+        vLLM's ``reload_weights`` re-runs ``process_weights_after_loading`` for the modules it
+        reloads, but a tied ``lm_head`` is skipped (its weight *is* the embedding's). On CPU the
+        head's GEMM uses a packed copy made at load time (``cpu_linear``), which then still holds
+        the old embedding: sampled log-probs silently drift from the learner's. Re-packing it here
+        fixes that; on GPU the method does nothing.
+        """
+        model = self._tempo_model()
+        lm_head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)  # HF-style layout
+        weight = getattr(lm_head, "weight", None)
+        if weight is None or embed is None or weight.data_ptr() != embed.weight.data_ptr():
+            return False
+        method = getattr(lm_head, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(lm_head)
+        return True
+
     def tempo_head_state(self) -> dict:
         """The head weights the engine samples with (fp32 CPU copies)."""
         return {k: v.detach().cpu().clone()

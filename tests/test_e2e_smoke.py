@@ -25,7 +25,8 @@ def run_smoke(tmp_path, model_dir, *overrides, timeout=900):
     return proc, rows
 
 
-@pytest.mark.parametrize("overrides", [[], ["meta=tampo"]], ids=["introllm", "tampo"])
+@pytest.mark.parametrize("overrides", [[], ["meta=tampo"], ["rollout=hf"]],
+                         ids=["introllm-vllm", "tampo-vllm", "introllm-hf"])
 def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, overrides):
     proc, rows = run_smoke(tmp_path, tiny_model_dir, *overrides)
     steps = [r for r in rows if "critic/score/mean" in r]
@@ -35,7 +36,10 @@ def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, over
         assert 1 <= r["response_length/mean"] <= 32
         assert r["tau/min"] > 0 and r["tau/max"] < 10
         assert r["timing_s/step"] > 0 and r["perf/throughput"] > 0
-    if not overrides:  # introllm: phi first, then theta (alternating)
+        # the invariant across the whole system, weight syncs included: the learner's log-prob
+        # of each sampled token (recorded tau) equals the engine's
+        assert r.get("actor/rollout_logp_diff_max", 0.0) < 1e-3
+    if "meta=tampo" not in overrides:  # introllm: phi first, then theta (alternating)
         assert "phi/pg_loss" in steps[0] and "actor/pg_loss" in steps[1]
         assert 0.5 <= steps[0]["tau/min"] and steps[0]["tau/max"] <= 1.5
     else:

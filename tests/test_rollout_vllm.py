@@ -408,6 +408,15 @@ def test_theta_sync_changes_logprobs_and_restoring_returns_them(engine, hf, mode
     hf_perturbed.load_state_dict(perturbed, strict=False)
     check_logprobs(hf_perturbed, changed)  # the engine runs the new weights exactly
 
+    # a full sync that moves the tied embedding too (what every learner step sends): the
+    # engine's packed LM head must follow, or log-probs drift from the learner's
+    everything = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=g) for k, v in theta.items()}
+    engine.load_weights(everything)
+    moved = engine.generate(requests, step=0, seed=7)
+    hf_moved = copy.deepcopy(hf)
+    hf_moved.load_state_dict(everything, strict=False)
+    check_logprobs(hf_moved, moved)
+
     engine.load_weights(theta)  # full state dict back
     restored = engine.generate(requests, step=0, seed=7)
     assert torch.equal(restored.response_ids, base.response_ids)
