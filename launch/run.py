@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import hydra
@@ -22,6 +23,9 @@ log = logging.getLogger("launch.run")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    # a plain `kill` must still run the clean-up (finally: ray.shutdown) rather than orphan the
+    # local Ray cluster and its actors
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         run = validate(cfg)
     except ConfigError as e:
