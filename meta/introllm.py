@@ -101,7 +101,12 @@ class TemperatureHead(nn.Module):
         forced (...,) bool, True where the gate was forced to 1 (position 0): no gate term there.
         Uses torch.where (not multiplication by 0) so garbage z at gate-0 rows cannot leak NaN.
         """
-        gate_logit, alpha, beta = self.distribution_params(hidden)
+        return self.log_prob_from_params(*self.distribution_params(hidden), gate, z, forced)
+
+    @staticmethod
+    def log_prob_from_params(gate_logit: Tensor, alpha: Tensor, beta: Tensor, gate: Tensor,
+                             z: Tensor, forced: Tensor) -> Tensor:
+        """`log_prob` given the head's outputs (so sampling need not run the head twice)."""
         on = gate > 0.5  # (...,) bool; NaN -> False
         log_gate = torch.where(on, F.logsigmoid(gate_logit), F.logsigmoid(-gate_logit))
         log_gate = torch.where(forced.bool(), torch.zeros_like(log_gate), log_gate)
@@ -179,7 +184,7 @@ class IntroLLM(TemperatureStrategy):
         on = gate > 0.5
         z = torch.where(on, z, torch.zeros_like(z))
         tau = torch.where(on, self.tau_from_z(z), ctx.prev_tau.to(z.dtype))
-        logp = self.head.log_prob(ctx.hidden, gate, z, forced)
+        logp = self.head.log_prob_from_params(gate_logit, alpha, beta, gate, z, forced)
         f32 = torch.float32
         return TempDecision(tau=tau.to(f32), gate=gate.to(f32), z=z.to(f32), logp_phi=logp.to(f32))
 

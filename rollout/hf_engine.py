@@ -102,14 +102,13 @@ class HFEngine:
             else:
                 y = torch.multinomial(logp_all.exp(), 1, generator=gen).squeeze(-1)  # (B,)
             logp = logp_all.gather(-1, y[:, None]).squeeze(-1)
+            cols = {"tok": y.tolist(), "tau": tau.tolist(), "logp": logp.tolist()}  # one sweep
+            if decision.gate is not None:
+                cols.update(gate=decision.gate.tolist(), z=decision.z.tolist(),
+                            logp_phi=decision.logp_phi.tolist())
             for i in torch.nonzero(active).flatten().tolist():
-                out["tok"][i].append(int(y[i]))
-                out["tau"][i].append(float(tau[i]))
-                out["logp"][i].append(float(logp[i]))
-                if decision.gate is not None:
-                    out["gate"][i].append(float(decision.gate[i]))
-                    out["z"][i].append(float(decision.z[i]))
-                    out["logp_phi"][i].append(float(decision.logp_phi[i]))
+                for key, values in cols.items():
+                    out[key][i].append(values[i])
             done = active & torch.isin(y, eos)
             for i in torch.nonzero(done).flatten().tolist():
                 finish[i] = "stop"

