@@ -248,6 +248,30 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"
     """the dashboard listens on localhost unless you choose otherwise"""
     namespace: str = "tempo-rl"
+    placement: str = "none"
+    """none (Ray's scheduler places each actor; the one-machine default) | pack | spread (a
+    placement group, one bundle per GPU (or CPU), packed onto few nodes or spread across them)"""
+    colocate: bool = False
+    """false: engines and learner ranks on separate bundles; true: engine i and learner rank i
+    share bundle i (half a GPU each); needs cluster.placement=pack or spread"""
+    device: str = "auto"
+    """auto (GPUs if the Ray cluster has any) | cpu | gpu: what rollout engines and learner ranks
+    run on"""
+    placement_timeout_s: float = 300.0
+    """how long to wait for the placement group before stopping with an error"""
+
+    def __post_init__(self):
+        _require(self.placement in ("none", "pack", "spread"), "cluster.placement", self.placement,
+                 "must be none, pack or spread", "set e.g. cluster.placement=pack")
+        _require(self.device in ("auto", "cpu", "gpu"), "cluster.device", self.device,
+                 "must be auto, cpu or gpu", "set e.g. cluster.device=auto")
+        _require(not self.colocate or self.placement != "none", "cluster.colocate", self.colocate,
+                 "needs a placement group to put engine i and learner rank i on one device",
+                 "set cluster.placement=pack (or spread), or cluster.colocate=false")
+        _require(self.placement_timeout_s > 0, "cluster.placement_timeout_s",
+                 self.placement_timeout_s, "must be > 0", "set e.g. cluster.placement_timeout_s=300")
+        _require(self.num_cpus is None or self.num_cpus >= 1, "cluster.num_cpus", self.num_cpus,
+                 "must be >= 1 or null", "set cluster.num_cpus=null to use the machine's cores")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from rollout.base import RolloutRequest
 log = logging.getLogger(__name__)
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-              "DS_ACCELERATOR": "cpu", "RAY_DEDUP_LOGS": "0"}
+              "RAY_DEDUP_LOGS": "0"}
 
 
 class PromptSampler:
@@ -72,7 +72,7 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
         return None
     root = str(Path(__file__).resolve().parents[1])  # workers import the project from here
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {**WORKER_ENV, "PYTHONPATH": path}
+    env = {**WORKER_ENV, "PYTHONPATH": path, **_device_env(run)}
     kwargs = dict(namespace=run.cluster.namespace, runtime_env={"env_vars": env},
                   include_dashboard=run.cluster.dashboard, log_to_driver=True)
     if run.cluster.address:
@@ -80,7 +80,9 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
     else:
         cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, num_actors)
         kwargs["dashboard_host"] = run.cluster.dashboard_host
-        ctx = ray.init(num_cpus=cpus, **kwargs)
+        # "local": always a new cluster; with no address, ray.init would join the last one that
+        # `ray start` left on this machine (/tmp/ray/ray_current_cluster) and reject num_cpus
+        ctx = ray.init(address="local", num_cpus=cpus, **kwargs)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -117,19 +119,24 @@ class Trainer:
             print(f"Ray dashboard: {self.dashboard}")
         self._make_actors(hidden)
         ray.get([a.ping.remote() for a in self.rollout])
+        print(self.placement.describe())
 
     def _make_actors(self, hidden: int) -> None:
         import ray
 
+        from launch.placement import Placement
         from learner.worker import LearnerWorker
         from meta.worker import MetaWorker
         from reward.worker import RewardWorker
         from rollout.worker import RolloutWorker
 
         run = self.run
+        m = run.learner.num_ranks
+        self.placement = place = Placement(run.cluster, run.rollout.num_actors, m)
         restart = dict(max_restarts=3, max_task_retries=3)
         self.rollout = [
-            ray.remote(RolloutWorker).options(name=f"rollout-{i}", num_cpus=1, **restart).remote(
+            ray.remote(RolloutWorker).options(name=f"rollout-{i}", **place.rollout_options(i),
+                                              **restart).remote(
                 self.model_path, self.strategy, run.rollout, run.model.dtype, run.seed, i)
             for i in range(run.rollout.num_actors)]
         self.reward = ray.remote(RewardWorker).options(name="reward", num_cpus=1, **restart).remote(
@@ -142,12 +149,11 @@ class Trainer:
         kw = strategy_kwargs(run, hidden)
         head_kwargs = {k: kw[k] for k in ("hidden_size", "eps", "gate_init_prob", "beta_init",
                                           "head_init_std") if k in kw} if head is not None else None
-        port = _free_port()
-        m = run.learner.num_ranks
+        addr, port = place.rendezvous()
         self.learners = [
-            ray.remote(LearnerWorker).options(name=f"learner-{r}", num_cpus=1).remote(
+            ray.remote(LearnerWorker).options(name=f"learner-{r}", **place.learner_options(r)).remote(
                 self.model_path, run.learner, run.meta.phi, head_state, head_kwargs,
-                run.trainer.total_steps, rank=r, world_size=m, master_addr="127.0.0.1",
+                run.trainer.total_steps, rank=r, world_size=m, master_addr=addr,
                 master_port=port, dtype=run.model.dtype, seed=run.seed)
             for r in range(m)]
         self.candidates = ray.get(self.meta.get_candidates.remote())
@@ -312,9 +318,12 @@ def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
     return {k: sum(d[k] for d in dicts if k in d) / sum(1 for d in dicts if k in d) for k in keys}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _device_env(run: RunConfig) -> dict[str, str]:
+    """Worker environment for CPU-only runs: DeepSpeed's CPU accelerator (and, for an explicit
+    cluster.device=cpu, no visible GPUs). GPU runs and joined clusters of unknown kind get none:
+    the learner sets DS_ACCELERATOR=cpu itself when its process has no CUDA."""
+    if run.cluster.device == "cpu":
+        return {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    if run.cluster.device == "auto" and not run.cluster.address and not torch.cuda.is_available():
+        return {"DS_ACCELERATOR": "cpu"}
+    return {}
