@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import sane_steps
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -29,16 +31,9 @@ def run_smoke(tmp_path, model_dir, *overrides, timeout=900):
                          ids=["introllm-vllm", "tampo-vllm", "introllm-hf"])
 def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, overrides):
     proc, rows = run_smoke(tmp_path, tiny_model_dir, *overrides)
-    steps = [r for r in rows if "critic/score/mean" in r]
-    assert [r["step"] for r in steps] == [1, 2]
+    steps = sane_steps(rows, steps=2, max_new_tokens=32)
     for r in steps:
-        assert 0.0 <= r["critic/score/mean"] <= 1.0
-        assert 1 <= r["response_length/mean"] <= 32
-        assert r["tau/min"] > 0 and r["tau/max"] < 10
         assert r["timing_s/step"] > 0 and r["perf/throughput"] > 0
-        # the invariant across the whole system, weight syncs included: the learner's log-prob
-        # of each sampled token (recorded tau) equals the engine's
-        assert r.get("actor/rollout_logp_diff_max", 0.0) < 1e-3
     if "meta=tampo" not in overrides:  # introllm: phi first, then theta (alternating)
         assert "phi/pg_loss" in steps[0] and "actor/pg_loss" in steps[1]
         assert 0.5 <= steps[0]["tau/min"] and steps[0]["tau/max"] <= 1.5
