@@ -30,7 +30,10 @@ from rollout.base import RolloutRequest
 log = logging.getLogger(__name__)
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-              "RAY_DEDUP_LOGS": "0"}
+              "RAY_DEDUP_LOGS": "0",
+              # vLLM's INFO lines (its whole engine config, per engine) drown the per-step line;
+              # set VLLM_LOGGING_LEVEL=INFO in the driver's environment to see them again
+              "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
 
 
 class PromptSampler:
