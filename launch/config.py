@@ -281,8 +281,6 @@ class TrainerConfig:
     """P prompts per step; B = P x G responses"""
     save_every: int = 10
     keep_last: int = 2
-    resume: str = "off"
-    """off | auto (newest complete checkpoint in the run folder) | a checkpoint path"""
     dump_every: int = 5
     """rollout dumps with per-token tau every k steps (0 = never)"""
 

@@ -231,7 +231,7 @@ class Trainer:
         if run.eval.temperature is not None:
             temps = [run.eval.temperature] * len(self.heldout)
         else:
-            temps = ray.get(self.meta.plan.remote(step, len(self.heldout)))
+            temps = ray.get(self.meta.plan.remote(step, len(self.heldout), for_eval=True))
         reqs = [RolloutRequest(self.heldout_ids[i], i, temps[i], p.id, p.task, p.answer, p.level,
                                p.meta) for i, p in enumerate(self.heldout) for _ in range(k)]
         greedy = run.eval.temperature_mode == "greedy"

@@ -27,14 +27,19 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
-def _tempered_logprob(chunk: Tensor, tokens: Tensor, tau: Tensor | float | None) -> Tensor:
-    """log_softmax(chunk / tau)[tokens] for one chunk: chunk (c, V), tokens (c,), tau (c,) -> (c,)."""
+def _tempered_log_softmax(chunk: Tensor, tau: Tensor | float | None) -> Tensor:
+    """log_softmax(chunk / tau) for one chunk: chunk (c, V), tau (c,) / float / None -> (c, V)."""
     x = chunk.to(_compute_dtype(chunk))
     if isinstance(tau, Tensor):
         x = x / tau.to(x.dtype)[:, None]
     elif tau is not None:
         x = x / tau
-    return torch.log_softmax(x, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return torch.log_softmax(x, dim=-1)
+
+
+def _tempered_logprob(chunk: Tensor, tokens: Tensor, tau: Tensor | float | None) -> Tensor:
+    """log_softmax(chunk / tau)[tokens] for one chunk: chunk (c, V), tokens (c,), tau (c,) -> (c,)."""
+    return _tempered_log_softmax(chunk, tau).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 def _flatten(logits: Tensor, response_mask: Tensor | None, tokens: Tensor | None = None,
@@ -80,12 +85,7 @@ def token_entropy(logits: Tensor, tau: Tensor | float | None = None,
     out = []
     for start in range(0, flat.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
-        x = flat[sl].to(_compute_dtype(flat))  # (c, V)
-        if flat_tau is not None:
-            x = x / flat_tau[sl].to(x.dtype)[:, None]
-        elif tau is not None:
-            x = x / tau
-        logp = torch.log_softmax(x, dim=-1)
+        logp = _tempered_log_softmax(flat[sl], flat_tau[sl] if flat_tau is not None else tau)
         out.append(-(logp.exp() * logp).sum(-1))
     return torch.cat(out).view(B, T)
 

@@ -14,6 +14,7 @@ class MetaWorker:
     def __init__(self, strategy: TemperatureStrategy, seed: int = 0):
         self.strategy = strategy
         self.generator = torch.Generator().manual_seed(seed)
+        self.eval_generator = torch.Generator().manual_seed(seed + 1)  # eval never shifts training
 
     @property
     def candidates(self) -> list[float] | None:
@@ -24,9 +25,10 @@ class MetaWorker:
     def get_candidates(self) -> list[float] | None:
         return self.candidates
 
-    def plan(self, step: int, num_prompts: int) -> list[float]:
-        """(P,) temperatures for this step's prompts."""
-        return self.strategy.plan(step, num_prompts, self.generator).tolist()
+    def plan(self, step: int, num_prompts: int, for_eval: bool = False) -> list[float]:
+        """(P,) temperatures for this step's prompts (evaluation draws from its own RNG)."""
+        gen = self.eval_generator if for_eval else self.generator
+        return self.strategy.plan(step, num_prompts, gen).tolist()
 
     def update(self, *rank_inputs: dict | None) -> dict[str, float]:
         """Learn from one step: each learner rank's {'loglik': (b, K), 'advantages': (b,)}."""
@@ -43,8 +45,10 @@ class MetaWorker:
         return out
 
     def state_dict(self) -> dict:
-        return {"strategy": self.strategy.state_dict(), "generator": self.generator.get_state()}
+        return {"strategy": self.strategy.state_dict(), "generator": self.generator.get_state(),
+                "eval_generator": self.eval_generator.get_state()}
 
     def load_state_dict(self, sd: dict) -> None:
         self.strategy.load_state_dict(sd["strategy"])
         self.generator.set_state(sd["generator"])
+        self.eval_generator.set_state(sd["eval_generator"])

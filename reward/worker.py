@@ -8,6 +8,7 @@ metrics for the driver. It also writes rollout dumps (per-token τ) for later an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -53,11 +54,7 @@ class RewardWorker:
 
     def dump(self, batch: TrajectoryBatch, path: str, tokenizer_path: str | None = None) -> str:
         """Write one JSON line per response: tokens, per-token τ (and IntroLLM's c, z), reward."""
-        tok = None
-        if tokenizer_path:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(tokenizer_path)
+        tok = _tokenizer(tokenizer_path) if tokenizer_path else None
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
@@ -81,6 +78,13 @@ class RewardWorker:
 
     def close(self) -> None:
         self.pool.close()
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def rollout_metrics(batch: TrajectoryBatch) -> dict[str, float]:

@@ -132,7 +132,6 @@ def test_rollout_benchmark_hf(tiny_model_dir, tmp_path, capsys):
 
 @pytest.mark.slow  # starts vLLM
 def test_rollout_benchmark_vllm_and_hf(tiny_model_dir, tmp_path, capsys):
-    pytest.importorskip("vllm")  # ~11 s, most of it the vLLM engine start
     out = tmp_path / "bench.json"
     result = main(["rollout", "--engines", "vllm,hf", "--model", str(tiny_model_dir), *SMALL,
                    "--out", str(out)])

@@ -256,7 +256,7 @@ def test_train_step_runs_the_phases_and_returns_the_meta_input(tiny_model_dir, e
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray")
+    import ray
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": root, "DS_ACCELERATOR": "cpu"}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -25,7 +25,6 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-pytest.importorskip("vllm")
 
 from data.prompts import render_prompt  # noqa: E402
 from data.synthetic import generate  # noqa: E402

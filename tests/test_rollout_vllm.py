@@ -17,7 +17,6 @@ import copy
 import pytest
 import torch
 
-pytest.importorskip("vllm")
 
 from launch.build_model import TinyModelSpec, build  # noqa: E402
 from meta.base import RowContext  # noqa: E402

@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("vllm")
 
 from vllm import SamplingParams  # noqa: E402
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402

@@ -78,3 +78,13 @@ def test_prompt_sampler_crosses_epochs_and_resumes_exactly():
     r = PromptSampler(5, seed=1)
     r.load_state_dict(state)
     assert r.next(7) == tail
+
+
+def test_evaluation_plans_do_not_shift_the_training_plans():
+    """Otherwise changing eval.every would change which temperatures training samples."""
+    a = MetaWorker(build_strategy("tampo", granularity="prompt"), seed=3)
+    b = MetaWorker(build_strategy("tampo", granularity="prompt"), seed=3)
+    first = a.plan(0, 8)
+    assert b.plan(0, 8) == first
+    b.plan(1, 50, for_eval=True)  # an evaluation between two training steps
+    assert a.plan(1, 8) == b.plan(1, 8)
