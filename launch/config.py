@@ -159,6 +159,9 @@ class LearnerConfig:
     entropy_coef: float = 0.0
     logprob_chunk: int = 1024
     """tokens per chunk when computing log-probs over the vocabulary"""
+    skip_zero_adv: bool = True
+    """drop zero-advantage responses (groups whose rewards are all equal) from the learner batch:
+    they carry no policy gradient, only cost (DAPO's filter without re-sampling) (our default)"""
 
     def __post_init__(self):
         _require(self.lr > 0, "learner.lr", self.lr, "must be > 0", "set e.g. learner.lr=1e-6")
@@ -185,6 +188,11 @@ class LearnerConfig:
                  "learner.weight_decay/warmup_steps/entropy_coef",
                  (self.weight_decay, self.warmup_steps, self.entropy_coef), "must be >= 0",
                  "use a non-negative value")
+        _require(not (self.skip_zero_adv and (self.kl_coef > 0 or self.entropy_coef > 0)),
+                 "learner.skip_zero_adv", self.skip_zero_adv,
+                 "must be false when learner.kl_coef or learner.entropy_coef > 0 (zero-advantage "
+                 "responses still carry the KL and entropy gradients)",
+                 "set learner.skip_zero_adv=false")
 
 
 @dataclass(frozen=True)
@@ -195,8 +203,8 @@ class PhiTrainingConfig:
     """alternate (coordinate ascent, fresh rollouts per phase) | joint (both on one batch)"""
     phase_len: int = 1
     phi_first: bool = True
-    lr: float = 1e-4
-    """phi learning rate (AdamW) (our default)"""
+    lr: float = 3e-3
+    """phi learning rate (AdamW), sized for the embedded tiny model; ~1e-4 for real models"""
     weight_decay: float = 0.0
     grad_clip: float = 1.0
 
@@ -276,13 +284,17 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    total_steps: int = 20
-    prompts_per_step: int = 16
+    total_steps: int = 120
+    prompts_per_step: int = 32
     """P prompts per step; B = P x G responses"""
-    save_every: int = 10
+    save_every: int = 40
     keep_last: int = 2
-    dump_every: int = 5
+    dump_every: int = 10
     """rollout dumps with per-token tau every k steps (0 = never)"""
+    resume: Optional[str] = None
+    """null = start fresh | auto = the newest complete checkpoint under this run folder's
+    checkpoints/ (fresh when there is none; pin the folder with hydra.run.dir=...) | a path to a
+    checkpoint folder (step_NNNNNN) or to a run folder"""
 
     def __post_init__(self):
         for key in ("total_steps", "prompts_per_step", "keep_last"):
@@ -296,15 +308,18 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 10
+    every: int = 40
     """held-out evaluation every k steps (0 = only at the end)"""
     samples: int = 8
     """k responses per problem for Avg@k / Pass@k / maj@k"""
     temperature_mode: str = "sample"
     """sample (the strategy's temperatures; IntroLLM's head samples its actions) | mean (IntroLLM:
     the Beta mean instead of a draw) | greedy (argmax, no temperature)"""
-    temperature: Optional[float] = None
-    """a fixed evaluation temperature instead of the strategy's; null = the strategy's"""
+    temperature: Optional[float] = 1.0
+    """the per-prompt evaluation temperature: scalar strategies (fixed, linear, staged, TAMPO)
+    decode at it, IntroLLM takes it as tau_0 and its head decides every token, EAD and EDT apply
+    their per-token rules (our default: 1.0, one protocol for every run and for the base model);
+    null = the strategy's own step-level plan (e.g. TAMPO's draw from pi)"""
 
     def __post_init__(self):
         _require(self.every >= 0, "eval.every", self.every, "must be >= 0", "set eval.every=10")

@@ -56,6 +56,25 @@ def load_data(run: RunConfig):
     return train, heldout
 
 
+def resume_point(run: RunConfig, run_dir: str) -> tuple[Path | None, str | None]:
+    """(checkpoint to resume or None, its wandb run id). Checks the checkpoint fits this config
+    and drops the metrics the interrupted run logged after it, before any actor starts."""
+    from launch.checkpoint import (check_compatible, find_checkpoint, load_driver_state,
+                                   truncate_metrics)
+
+    ckpt = find_checkpoint(Path(run_dir), run.trainer.resume)
+    if ckpt is None:
+        if run.trainer.resume == "auto":
+            log.info("trainer.resume=auto: no complete checkpoint in %s; starting fresh", run_dir)
+        return None, None
+    driver = load_driver_state(ckpt)
+    check_compatible(driver["config"], run, ckpt)
+    dropped = truncate_metrics(Path(run_dir) / "metrics.jsonl", int(driver["step"]))
+    if dropped:
+        log.info("resume: dropped %d metric lines logged after step %d", dropped, driver["step"])
+    return ckpt, driver.get("wandb_id")
+
+
 def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     """Resolve model and data, train on Ray actors, evaluate; returns the final metrics."""
     from dataclasses import asdict
@@ -71,11 +90,15 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     print(f"model {model_path}; {len(train)} train / {len(heldout)} held-out problems; "
           f"strategy {run.meta.name}; run folder {os.path.abspath(run_dir)}")
     trainer = Trainer(run, run_dir, model_path, train, heldout)
+    ckpt, wandb_id = resume_point(run, run_dir)
     logger = MetricsLogger(run_dir, asdict(run), run.wandb.mode, run.wandb.project,
-                           run.wandb.entity, run.wandb.name or f"{run.experiment}-{Path(run_dir).name}")
+                           run.wandb.entity, run.wandb.name or f"{run.experiment}-{Path(run_dir).name}",
+                           run_id=wandb_id)
     trainer.wandb_id = logger.run_id
     try:
         trainer.setup()
+        if ckpt is not None:
+            trainer.restore(ckpt)
         final = trainer.fit(logger)
     finally:
         logger.finish()

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -21,11 +22,20 @@ from launch.config import ConfigError, validate
 log = logging.getLogger("launch.run")
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a plain `kill`, a scheduler's pre-emption) exits through ``finally`` blocks, so the
+    run shuts its actors and wandb down cleanly. ``ray.init`` installs handlers of its own (the
+    local node's kills every Ray process at once, the core worker's prints a stack and aborts),
+    so this is called again after it. Main thread only (a no-op elsewhere)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     # a plain `kill` must still run the clean-up (finally: ray.shutdown) rather than orphan the
-    # local Ray cluster and its actors
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # local Ray cluster and its actors (set again after ray.init, which replaces it)
+    exit_on_sigterm()
     try:
         run = validate(cfg)
     except ConfigError as e:

@@ -78,6 +78,8 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
     env = {**WORKER_ENV, "PYTHONPATH": path, **_device_env(run)}
     kwargs = dict(namespace=run.cluster.namespace, runtime_env={"env_vars": env},
                   include_dashboard=run.cluster.dashboard, log_to_driver=True)
+    from launch.run import exit_on_sigterm
+
     if run.cluster.address:
         ctx = ray.init(address=run.cluster.address, **kwargs)
     else:
@@ -86,6 +88,7 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
         # "local": always a new cluster; with no address, ray.init would join the last one that
         # `ray start` left on this machine (/tmp/ray/ray_current_cluster) and reject num_cpus
         ctx = ray.init(address="local", num_cpus=cpus, **kwargs)
+    exit_on_sigterm()
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -202,9 +205,7 @@ class Trainer:
                                     self.model_path)
         learner_stats = ray.get(list(stats_refs))
         t_sync = time.perf_counter()
-        which = {"theta": "theta", "phi": "phi", "joint": "all"}[phase]
-        weights = [lr.get_weights.remote(which) for lr in self.learners][0]
-        sync_s = ray.get([a.load_weights.remote(weights) for a in self.rollout])
+        sync_s = self.sync_weights({"theta": "theta", "phi": "phi", "joint": "all"}[phase])
         metrics = {**ray.get(rollout_metrics_ref), **_mean_dicts(learner_stats),
                    **ray.get(meta_ref)}
         metrics["timing_s/update_weights"] = time.perf_counter() - t_sync
@@ -214,6 +215,14 @@ class Trainer:
         metrics["phase"] = phase
         metrics["rollout/planned_temperature"] = sum(self._planned) / len(self._planned)
         return metrics
+
+    def sync_weights(self, which: str) -> list[float]:
+        """Learner weights (theta | phi | all) into every engine; each engine's seconds. Every
+        rank is asked (ZeRO-3 gathers need them all); rank 0's copy is sent."""
+        import ray
+
+        weights = [lr.get_weights.remote(which) for lr in self.learners][0]
+        return ray.get([a.load_weights.remote(weights) for a in self.rollout])
 
     # ------------------------------------------------------------------ evaluation
 
@@ -264,12 +273,32 @@ class Trainer:
                  for r, lr in enumerate(self.learners)])
         torch.save({"meta": ray.get(self.meta.state_dict.remote()), "step": step + 1,
                     "sampler": self.sampler.state_dict(), "rng": torch.get_rng_state(),
-                    "wandb_id": getattr(self, "wandb_id", None)}, tmp / "driver.pt")
+                    "wandb_id": getattr(self, "wandb_id", None), "config": asdict(self.run)},
+                   tmp / "driver.pt")
         (tmp / "COMPLETE").write_text(json.dumps({"step": step + 1}))
         os.replace(tmp, final)
         for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-self.run.trainer.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def restore(self, ckpt: Path) -> None:
+        """Continue from `ckpt` (``launch.checkpoint``): learners (theta, phi, optimizers, RNG),
+        the meta actor, the prompt sampler, the step; then every engine gets the restored weights
+        before the first rollout. Call after ``setup``."""
+        import ray
+
+        from launch.checkpoint import load_driver_state
+
+        driver = load_driver_state(ckpt)
+        ray.get([lr.load_checkpoint.remote(str(Path(ckpt) / f"learner_rank{r}"))
+                 for r, lr in enumerate(self.learners)])
+        ray.get(self.meta.load_state_dict.remote(driver["meta"]))
+        self.sampler.load_state_dict(driver["sampler"])
+        torch.set_rng_state(driver["rng"])
+        self.start_step = int(driver["step"])
+        self.sync_weights("all" if self.run.meta.name == "introllm" else "theta")
+        print(f"resumed from {ckpt} at step {self.start_step} (data epoch "
+              f"{self.sampler.epoch}, position {self.sampler.pos})")
 
     # ------------------------------------------------------------------ the loop
 
@@ -279,9 +308,14 @@ class Trainer:
         run = self.run
         total = run.trainer.total_steps
         last: dict[str, float] = {}
-        base = {k.replace("eval/", "eval_base/"): v for k, v in self.evaluate(0).items()}
-        if base:
-            logger.log(0, base)
+        if self.start_step == 0:
+            base = {k.replace("eval/", "eval_base/"): v for k, v in self.evaluate(0).items()}
+            if base:
+                logger.log(0, base)
+        else:  # resumed: the base model was evaluated (and logged) by the first run
+            from launch.checkpoint import logged_base_eval
+
+            base = logged_base_eval(logger.path)
         bar = tqdm(range(self.start_step, total), desc="train", disable=None, leave=False)
         for step in bar:
             metrics = self.step(step)

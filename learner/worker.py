@@ -212,12 +212,19 @@ class LearnerWorker:
 
         phase: theta | phi | joint (phi, then theta, both from the rollout's theta). Returns
         (stats, meta input): with TAMPO `candidates`, {'loglik' (b, K), 'advantages' (b,)} of this
-        slice for the meta actor, else None.
+        slice and 'rows' (the step's trajectory count, on rank 0) for the meta actor, else None.
+        With learner.skip_zero_adv the zero-advantage rows are dropped first (`informative_rows`).
         """
         if phase not in ("theta", "phi", "joint"):
             raise ValueError(f"phase ({phase!r}) must be theta, phi or joint")
-        part = batch.split(self.world_size)[self.rank] if self.world_size > 1 else batch
+        rows_in = len(batch)
         stats: dict[str, float] = {}
+        if self.cfg.skip_zero_adv:
+            _require_advantages(batch)
+            batch = batch.select(informative_rows(batch.advantages, self.world_size,
+                                                  self.cfg.mini_batches))
+            stats["actor/kept_frac"] = len(batch) / rows_in
+        part = batch.split(self.world_size)[self.rank] if self.world_size > 1 else batch
         old = None
         if phase != "phi" or candidates:
             t0 = time.perf_counter()
@@ -232,7 +239,10 @@ class LearnerWorker:
             t0 = time.perf_counter()
             stats.update(self.update_theta(part, old))
             stats["timing_s/update_actor"] = time.perf_counter() - t0
-        meta = {"loglik": old["loglik"], "advantages": part.advantages} if candidates else None
+        meta = None
+        if candidates:  # TAMPO averages over ALL the step's trajectories, dropped ones included
+            meta = {"loglik": old["loglik"], "advantages": part.advantages,
+                    "rows": rows_in if self.rank == 0 else 0}
         return stats, meta
 
     def _mismatch_stats(self, batch: TrajectoryBatch, old_logp: Tensor) -> dict[str, float]:
@@ -468,6 +478,20 @@ class LearnerWorker:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def informative_rows(advantages: Tensor, world_size: int = 1, min_per_rank: int = 1) -> Tensor:
+    """Indices of the rows with a non-zero advantage (the only ones with a policy gradient when
+    the KL and entropy terms are off), padded with zero-advantage rows to a multiple of
+    `world_size` and at least `min_per_rank` rows per rank (the mini-batch count), so that every
+    rank gets an equal slice. Deterministic: every rank computes the same indices."""
+    nonzero = advantages != 0
+    keep = torch.nonzero(nonzero).flatten()
+    want = max(world_size * min_per_rank, -(-len(keep) // world_size) * world_size)
+    if want > len(keep):
+        pad = torch.nonzero(~nonzero).flatten()[: want - len(keep)]
+        keep = torch.cat([keep, pad]).sort().values
+    return keep
 
 
 def _require_advantages(batch: TrajectoryBatch) -> None:

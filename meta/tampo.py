@@ -109,11 +109,13 @@ class TAMPO(TemperatureStrategy):
         temps = self.candidates[idx].to(torch.float32)  # (n,)
         return temps.expand(num_prompts).clone() if n == 1 else temps
 
-    def update(self, loglik: Tensor, advantages: Tensor) -> dict[str, Tensor]:
+    def update(self, loglik: Tensor, advantages: Tensor, num_rows: int | None = None) -> dict[str, Tensor]:
         """Move the EMA and pi from one step's trajectories.
 
         loglik: (B, K) length-normalised log-likelihood of each trajectory under each candidate
         (`learner.logprobs.tampo_loglik`); advantages: (B,) GRPO advantage per trajectory.
+        num_rows: the step's trajectory count when rows with advantage 0 (which add nothing)
+        were left out of `loglik` (default: B).
         Returns detached (K,) vectors `pi`, `ema_advantage`, `batch_advantage` and scalars
         `expected_temperature`, `pi_entropy`.
         """
@@ -124,7 +126,11 @@ class TAMPO(TemperatureStrategy):
             raise ValueError(f"advantages has shape {tuple(advantages.shape)} but must be (B,) = "
                              f"({loglik.shape[0]},), one GRPO advantage per trajectory")
         l_hat = sparsemax(loglik.detach().to(torch.float64).cpu(), dim=-1)  # (B, K)
-        batch_adv = (l_hat * advantages.detach().to(torch.float64).cpu()[:, None]).mean(0)  # (K,)
+        n = loglik.shape[0] if num_rows is None else num_rows
+        if n < loglik.shape[0]:
+            raise ValueError(f"num_rows ({n}) is below the {loglik.shape[0]} trajectories given; "
+                             "pass the step's full trajectory count or leave it None")
+        batch_adv = (l_hat * advantages.detach().to(torch.float64).cpu()[:, None]).sum(0) / max(n, 1)
         self.ema = (1 - self.ema_alpha) * self.ema + self.ema_alpha * batch_adv
         self.pi = self.policy_from_ema(self.ema)
         self.num_updates += 1

@@ -37,7 +37,10 @@ class MetaWorker:
             return {}
         loglik = torch.cat([x["loglik"] for x in inputs])  # (B, K)
         adv = torch.cat([x["advantages"] for x in inputs])  # (B,)
-        stats = self.strategy.update(loglik=loglik, advantages=adv)
+        # the step's trajectory count: rows the learners skipped (advantage 0) add nothing to
+        # the sum but count in TAMPO's batch mean
+        rows = sum(x.get("rows", 0) for x in inputs) or len(adv)
+        stats = self.strategy.update(loglik=loglik, advantages=adv, num_rows=rows)
         out = {"tampo/expected_temperature": float(stats["expected_temperature"]),
                "tampo/pi_entropy": float(stats["pi_entropy"])}
         for t, p in zip(self.candidates, stats["pi"].tolist()):

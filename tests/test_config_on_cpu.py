@@ -88,6 +88,7 @@ def test_linear_schedule_gets_total_steps_from_trainer():
     (["+experiment=fixed", "meta.temperature=0"], ["temperature", "0"]),
     (["trainer.prompts_per_step=3", "rollout.group_size=3", "learner.num_ranks=2"],
      ["divisible", "num_ranks"]),
+    (["learner.kl_coef=0.1"], ["learner.skip_zero_adv", "kl_coef", "skip_zero_adv=false"]),
 ])
 def test_bad_values_fail_with_key_value_rule_and_fix(overrides, needles):
     with pytest.raises(ConfigError) as err:

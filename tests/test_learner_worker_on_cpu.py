@@ -14,7 +14,7 @@ import torch
 
 from launch.config import LearnerConfig, PhiTrainingConfig
 from learner.core_algos import compute_grpo_advantages
-from learner.worker import LearnerWorker
+from learner.worker import LearnerWorker, informative_rows
 from meta import TemperatureHead
 from rollout.hf_engine import HFEngine
 from tests.test_rollout_hf_on_cpu import make_requests, strategy
@@ -123,7 +123,8 @@ def test_theta_step_moves_the_grpo_objective_the_right_way(tiny_model_dir, engin
 
 @pytest.mark.parametrize("loss_agg, extra", [
     ("token-mean", {}), ("seq-mean-token-mean", {}), ("seq-mean-token-sum-norm", {}),
-    ("token-mean", {"kl_coef": 0.1, "entropy_coef": 0.01, "mini_batches": 2}),
+    ("token-mean", {"kl_coef": 0.1, "entropy_coef": 0.01, "mini_batches": 2,
+                    "skip_zero_adv": False}),
 ])
 def test_micro_batching_equals_one_big_batch(tiny_model_dir, engine, batch, loss_agg, extra):
     results = []
@@ -249,6 +250,32 @@ def test_train_step_runs_the_phases_and_returns_the_meta_input(tiny_model_dir, e
     stats, meta = w.train_step(batch, "phi")
     assert meta is None and "actor/pg_loss" not in stats and "phi/pg_loss" in stats
     assert all(torch.equal(theta[k], v) for k, v in params(w, "theta").items())
+
+
+def test_informative_rows_pads_to_equal_rank_slices():
+    adv = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0])
+    assert informative_rows(adv).tolist() == [1, 3, 4]
+    assert informative_rows(adv, world_size=2).tolist() == [0, 1, 3, 4]  # one zero row pads
+    assert informative_rows(adv, world_size=2, min_per_rank=3).tolist() == [0, 1, 2, 3, 4, 5]
+    assert informative_rows(torch.zeros(4), world_size=2).tolist() == [0, 1]
+
+
+def test_skipping_zero_advantage_rows_changes_only_the_denominator(tiny_model_dir, engine, batch):
+    """Half the groups all-equal (advantage 0): dropping them leaves the token-mean gradient's
+    direction alone and scales its norm by (all tokens / kept tokens), so they carried nothing."""
+    b = batch.select(list(range(len(batch))))
+    b.rewards = torch.tensor([1.0, 0.0, 0.0, 1.0] * 2 + [1.0] * 4 + [0.0] * 4)
+    b.advantages = compute_grpo_advantages(b.rewards, b.group_index)
+    tokens = b.response_mask.sum(-1).float()
+    ratio = float(tokens.sum() / tokens[:8].sum())
+    runs = {}
+    for skip in (True, False):
+        w = make_worker(tiny_model_dir, engine, skip_zero_adv=skip)
+        stats, _ = w.train_step(b, "theta")
+        runs[skip] = stats
+    assert runs[True]["actor/kept_frac"] == 0.5 and "actor/kept_frac" not in runs[False]
+    assert runs[True]["actor/grad_norm"] == pytest.approx(runs[False]["actor/grad_norm"] * ratio,
+                                                           rel=1e-4)
 
 
 # ------------------------------------------------------------------ 2 ranks == 1 rank (Ray)

@@ -71,6 +71,21 @@ def test_update_moves_pi_toward_temperature_liked_by_positive_trajectories():
     assert stats["pi"].shape == (3,) and s.num_updates == 1
 
 
+def test_rows_left_out_for_zero_advantage_still_count_in_the_batch_mean():
+    """The learner drops zero-advantage rows (learner.skip_zero_adv); passing the step's row count
+    gives exactly the update of the full batch."""
+    loglik = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    adv = torch.tensor([1.0, -1.0, 0.0, 0.5, 0.0, -0.5])
+    full, part = TAMPO(candidates=(0.6, 1.0, 1.4)), TAMPO(candidates=(0.6, 1.0, 1.4))
+    expect = full.update(loglik, adv)
+    kept = adv != 0
+    got = part.update(loglik[kept], adv[kept], num_rows=6)
+    torch.testing.assert_close(got["batch_advantage"], expect["batch_advantage"])
+    torch.testing.assert_close(part.pi, full.pi)
+    with pytest.raises(ValueError, match="num_rows"):
+        part.update(loglik, adv, num_rows=2)
+
+
 def test_pi_uniform_when_all_ema_values_equal():
     s = TAMPO()
     s.update(torch.randn(8, 10), torch.zeros(8))  # zero advantages -> EMA stays 0
