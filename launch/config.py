@@ -291,13 +291,16 @@ class TrainerConfig:
     keep_last: int = 2
     dump_every: int = 10
     """rollout dumps with per-token tau every k steps (0 = never)"""
+    max_nonfinite_steps: int = 3
+    """stop the run after this many steps in a row whose update was skipped for a non-finite
+    loss or gradient (each one is skipped and logged)"""
     resume: Optional[str] = None
     """null = start fresh | auto = the newest complete checkpoint under this run folder's
     checkpoints/ (fresh when there is none; pin the folder with hydra.run.dir=...) | a path to a
     checkpoint folder (step_NNNNNN) or to a run folder"""
 
     def __post_init__(self):
-        for key in ("total_steps", "prompts_per_step", "keep_last"):
+        for key in ("total_steps", "prompts_per_step", "keep_last", "max_nonfinite_steps"):
             value = getattr(self, key)
             _require(value >= 1, f"trainer.{key}", value, "must be >= 1",
                      f"set e.g. trainer.{key}={getattr(TrainerConfig, key)}")

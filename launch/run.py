@@ -47,11 +47,16 @@ def main(cfg: DictConfig) -> None:
     OmegaConf.save(cfg, os.path.join(run_dir, "resolved_config.yaml"), resolve=True)
     from launch.pipeline import run_pipeline
 
+    from launch.trainer import TrainingStopped
+
     try:
         run_pipeline(run, run_dir)
     except ConfigError as e:  # problems found while resolving the model or the data
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as e:
+        print(f"run stopped: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
               "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
 
 
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (a learner rank died, updates keep failing); the message says why,
+    names the last checkpoint and how to resume. ``launch.run`` prints it without a traceback."""
+
+
 class PromptSampler:
     """Epoch-shuffled prompt indices; its state (epoch, position) is part of a checkpoint."""
 
@@ -99,6 +104,7 @@ class Trainer:
         self.train, self.heldout = train, heldout
         self.sampler = PromptSampler(len(train), run.seed)
         self.start_step = 0
+        self._nonfinite_streak = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -124,7 +130,7 @@ class Trainer:
         if self.dashboard:
             print(f"Ray dashboard: {self.dashboard}")
         self._make_actors(hidden)
-        ray.get([a.ping.remote() for a in self.rollout])
+        self._rollout_pids = ray.get([a.ping.remote() for a in self.rollout])
         print(self.placement.describe())
 
     def _make_actors(self, hidden: int) -> None:
@@ -187,11 +193,41 @@ class Trainer:
         return _split_groups(reqs, run.rollout.num_actors)
 
     def step(self, step: int) -> dict:
+        """One step; a rollout actor that crashed and restarted mid-step gets the current weights
+        and the step runs again on the same requests and seeds (nothing lost, nothing counted
+        twice: no stage consumed the failed step's trajectories)."""
+        parts = self.requests_for(step)
+        for attempt in range(3):
+            try:
+                return self._step(step, parts)
+            except Exception as err:  # noqa: BLE001 - re-raised unless a restart explains it
+                if attempt == 2 or not self.resync_restarted_rollout():
+                    raise
+                log.warning("step %d: a rollout actor restarted (%s); weights resent, step "
+                            "repeated", step + 1, type(err).__name__)
+        raise AssertionError("unreachable")
+
+    def resync_restarted_rollout(self) -> list[int]:
+        """Send the current weights to rollout actors that restarted since the last check (their
+        process id changed); returns their indices."""
+        import ray
+
+        pids = ray.get([a.ping.remote() for a in self.rollout])
+        known = getattr(self, "_rollout_pids", None) or pids
+        self._rollout_pids = pids
+        restarted = [i for i, (a, b) in enumerate(zip(known, pids)) if a != b]
+        if restarted:
+            which = "all" if self.run.meta.name == "introllm" else "theta"
+            weights = [lr.get_weights.remote(which) for lr in self.learners][0]
+            ray.get([self.rollout[i].load_all_weights.remote(weights) for i in restarted])
+            self.rollout_restarts = getattr(self, "rollout_restarts", 0) + len(restarted)
+        return restarted
+
+    def _step(self, step: int, parts: list[list[RolloutRequest]]) -> dict:
         import ray
 
         t0 = time.perf_counter()
         phase = self.phase(step)
-        parts = self.requests_for(step)
         batch_refs = [a.generate.remote(p, step, self.run.seed * 100_003 + step)
                       for a, p in zip(self.rollout, parts) if p]
         scored_ref, rollout_metrics_ref = self.reward.score.options(num_returns=2).remote(*batch_refs)
@@ -205,7 +241,12 @@ class Trainer:
                                     self.model_path)
         learner_stats = ray.get(list(stats_refs))
         t_sync = time.perf_counter()
-        sync_s = self.sync_weights({"theta": "theta", "phi": "phi", "joint": "all"}[phase])
+        try:  # past the update: a failure here must not repeat the step
+            sync_s = self.sync_weights({"theta": "theta", "phi": "phi", "joint": "all"}[phase])
+        except Exception:  # noqa: BLE001 - an engine restarted mid-sync gets the full weights
+            if not self.resync_restarted_rollout():
+                raise
+            sync_s = [float("nan")]
         metrics = {**ray.get(rollout_metrics_ref), **_mean_dicts(learner_stats),
                    **ray.get(meta_ref)}
         metrics["timing_s/update_weights"] = time.perf_counter() - t_sync
@@ -214,6 +255,7 @@ class Trainer:
         metrics["perf/throughput"] = metrics.get("rollout/gen_tokens", 0.0) / metrics["timing_s/step"]
         metrics["phase"] = phase
         metrics["rollout/planned_temperature"] = sum(self._planned) / len(self._planned)
+        metrics["rollout/actor_restarts"] = float(getattr(self, "rollout_restarts", 0))
         return metrics
 
     def sync_weights(self, which: str) -> list[float]:
@@ -317,8 +359,10 @@ class Trainer:
 
             base = logged_base_eval(logger.path)
         bar = tqdm(range(self.start_step, total), desc="train", disable=None, leave=False)
+        self._nonfinite_streak = 0
         for step in bar:
-            metrics = self.step(step)
+            metrics = self._guarded_step(step)
+            self._check_nonfinite(step, metrics)
             if run.eval.every and (step + 1) % run.eval.every == 0 and step + 1 < total:
                 metrics.update(self.evaluate(step + 1))
             if step + 1 == total:
@@ -329,6 +373,56 @@ class Trainer:
             tqdm.write(logger.console_line(step, total, metrics))
             last = metrics
         return {**base, **last}
+
+    def _guarded_step(self, step: int) -> dict:
+        """``step``, turning a dead learner rank into a TrainingStopped that names it. Rollout and
+        reward actors restart by themselves (max_restarts) and their tasks are retried with the
+        same seeds, so they never end up here; learner ranks hold optimizer state and a process
+        group, so the run stops and resumes from the last checkpoint instead."""
+        import ray
+
+        try:
+            return self.step(step)
+        except ray.exceptions.RayActorError as err:
+            dead = []
+            for r, lr in enumerate(self.learners):
+                try:
+                    ray.get(lr.ping.remote(), timeout=30)
+                except Exception:  # noqa: BLE001 - any failure to answer counts as dead
+                    dead.append(r)
+            if not dead:
+                raise
+            ranks = ", ".join(str(r) for r in dead)
+            raise TrainingStopped(
+                f"learner rank {ranks} died during step {step + 1} ({type(err).__name__}); "
+                f"{self._resume_hint()}") from err
+
+    def _check_nonfinite(self, step: int, metrics: dict) -> None:
+        """Count steps whose update was skipped for NaN/inf; stop after max_nonfinite_steps in a row."""
+        skipped = max(metrics.get("actor/skipped_nonfinite", 0.0),
+                      metrics.get("phi/skipped_nonfinite", 0.0))
+        if not skipped:
+            self._nonfinite_streak = 0
+            return
+        self._nonfinite_streak += 1
+        limit = self.run.trainer.max_nonfinite_steps
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row, stop at %d)",
+                    step + 1, self._nonfinite_streak, limit)
+        if self._nonfinite_streak >= limit:
+            raise TrainingStopped(
+                f"{self._nonfinite_streak} steps in a row (up to step {step + 1}) had a non-finite "
+                f"loss or gradient and were skipped; the weights are those of the last good "
+                f"update. Lower learner.lr or check the data and model, then {self._resume_hint()}"
+                f" (trainer.max_nonfinite_steps={limit} sets the limit)")
+
+    def _resume_hint(self) -> str:
+        from launch.checkpoint import complete_checkpoints
+
+        found = complete_checkpoints(self.run_dir)
+        if not found:
+            return "there is no checkpoint yet (trainer.save_every); start the run again"
+        return (f"the last checkpoint is {found[-1]}; resume with the same command plus "
+                f"hydra.run.dir={self.run_dir} trainer.resume=auto")
 
     def shutdown(self) -> None:
         import ray

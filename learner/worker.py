@@ -411,6 +411,9 @@ class LearnerWorker:
         ds_utils.all_reduce(s)
         return float(s[0] / max(float(s[1]), 1.0))
 
+    def ping(self) -> int:
+        return os.getpid()
+
     # ------------------------------------------------------------------ weights and checkpoints
 
     def get_weights(self, which: str = "theta") -> dict[str, Tensor]:

@@ -48,10 +48,16 @@ class RolloutWorker:
         random.seed(seed + worker_index)
         torch.manual_seed(seed + worker_index)
         self.engine = build_engine(model_path, strategy, cfg, dtype, seed + worker_index)
+        self.stale = _restarted_actor()
+        """a Ray actor restarted after a crash holds the model folder's weights, not the run's:
+        it refuses to generate until the trainer has sent it the current ones"""
 
     def generate(self, requests: list[RolloutRequest], step: int, seed: int,
                  greedy: bool = False) -> TrajectoryBatch:
         """Responses for ``requests`` (seeded per step and worker, so a retried step repeats)."""
+        if self.stale:
+            raise StaleWeightsError(f"rollout worker {self.worker_index} restarted and has not "
+                                    "been sent the run's current weights yet")
         kwargs = {"greedy": True} if greedy else {}
         return self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
                                     **kwargs)
@@ -67,6 +73,13 @@ class RolloutWorker:
         self.engine.load_weights(state_dict)
         return time.perf_counter() - t0
 
+    def load_all_weights(self, state_dict: dict) -> float:
+        """Load a FULL set of the run's weights (θ, and φ where there is a head): the resync
+        after a restart, which clears ``stale``."""
+        seconds = self.load_weights(state_dict)
+        self.stale = False
+        return seconds
+
     def set_temperature_mode(self, mode: str) -> None:
         """IntroLLM evaluation option: 'sample' (draw z) or 'mean' (Beta mean)."""
         if hasattr(self.engine.strategy, "temperature_mode"):
@@ -74,3 +87,16 @@ class RolloutWorker:
 
     def ping(self) -> int:
         return os.getpid()
+
+
+class StaleWeightsError(RuntimeError):
+    """A restarted rollout worker was asked to generate before it got the current weights."""
+
+
+def _restarted_actor() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # noqa: BLE001 - not inside a Ray actor
+        return False

@@ -18,6 +18,7 @@ import torch
 
 from launch.checkpoint import check_compatible, find_checkpoint, truncate_metrics
 from launch.config import ConfigError
+from tests.conftest import sane_steps
 from tests.test_config_on_cpu import compose_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +137,78 @@ def test_truncate_metrics_drops_steps_past_the_checkpoint_and_torn_lines(tmp_pat
     path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(5)) + '{"step": 5, "x')
     assert truncate_metrics(path, 2) == 3
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ failures that stop the run
+
+
+def test_nonfinite_updates_are_counted_and_a_streak_stops_the_run(tmp_path):
+    from launch.trainer import Trainer, TrainingStopped
+
+    trainer = Trainer(compose_run("+experiment=fixed"), str(tmp_path), "unused", [], [])
+    bad, good = {"actor/skipped_nonfinite": 1.0}, {"actor/skipped_nonfinite": 0.0}
+    for step, m in enumerate([bad, bad, good, bad, {"phi/skipped_nonfinite": 0.5}]):
+        trainer._check_nonfinite(step, m)  # never 3 in a row
+    _fake_ckpt(tmp_path, 4)
+    with pytest.raises(TrainingStopped) as err:
+        trainer._check_nonfinite(5, bad)
+    message = str(err.value)
+    assert "3 steps in a row (up to step 6)" in message and "step_000004" in message
+    assert "trainer.resume=auto" in message and "learner.lr" in message
+
+
+def _descendants_named(pid: int, needle: str) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)
+            if needle in " ".join(p.cmdline())]
+
+
+@pytest.mark.slow
+def test_a_dead_learner_rank_stops_the_run_by_name_and_it_resumes(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=40", "meta=fixed")
+    marker = run_dir / "checkpoints" / "step_000002" / "COMPLETE"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    learners = _descendants_named(proc.pid, "LearnerWorker")
+    assert len(learners) == 1, learners
+    os.kill(learners[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    assert "run stopped: learner rank 0 died during step" in out
+    assert "the last checkpoint is" in out and "trainer.resume=auto" in out
+    assert "Traceback" not in out.split("run stopped:")[-1]
+
+    out = finish(launch(run_dir, tiny_model_dir, "trainer.total_steps=40", "meta=fixed",
+                        "trainer.resume=auto"))
+    assert "resumed from" in out
+    steps = [s for s in step_rows(run_dir) if s > 0]
+    assert steps == list(range(1, 41))  # every step exactly once across the two runs
+
+
+@pytest.mark.slow
+def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, tiny_model_dir):
+    """The rollout actor is killed after step 2 (it comes back with the model folder's weights
+    and must be resynced before it generates), the reward actor after step 5."""
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=8", "meta=fixed")
+    marker = run_dir / "checkpoints" / "step_000002" / "COMPLETE"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    engines = _descendants_named(proc.pid, "RolloutWorker")
+    assert len(engines) == 1, engines
+    os.kill(engines[0], signal.SIGKILL)
+    marker = run_dir / "checkpoints" / "step_000005" / "COMPLETE"
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    scorers = _descendants_named(proc.pid, "RewardWorker")
+    assert len(scorers) == 1, scorers
+    os.kill(scorers[0], signal.SIGKILL)  # stateless: Ray restarts it and retries its task
+    out = finish(proc)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = sane_steps(rows, steps=8, max_new_tokens=32)  # each step once; engine == learner
+    assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled
+    assert steps[-1]["rollout/actor_restarts"] == 1, out[-3000:]
