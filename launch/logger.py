@@ -37,6 +37,13 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log(clean, step=step)
 
+    def log_images(self, paths: list[Path]) -> None:
+        """PNG files as wandb images under plots/<name> (nothing without wandb)."""
+        if self.wandb is not None and paths:
+            import wandb
+
+            self.wandb.log({f"plots/{Path(p).stem}": wandb.Image(str(p)) for p in paths})
+
     def console_line(self, step: int, total: int, metrics: dict[str, float]) -> str:
         parts = [f"step {step + 1}/{total}"]
         if "phase" in metrics:

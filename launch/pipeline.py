@@ -75,6 +75,19 @@ def resume_point(run: RunConfig, run_dir: str) -> tuple[Path | None, str | None]
     return ckpt, driver.get("wandb_id")
 
 
+def write_report_logged(run_dir: str, logger) -> None:
+    """The analyses (plots + report.md, ``launch.analyze``), the plots also logged to wandb; a
+    failure here is a warning: it must not cost the run its result."""
+    try:
+        from launch.analyze import write_report
+
+        report = write_report(Path(run_dir))
+        logger.log_images(sorted(Path(run_dir, "plots").glob("*.png")))
+        print(f"report: {os.path.abspath(report)}")
+    except Exception as e:  # noqa: BLE001
+        log.warning("the run report could not be written: %s: %s", type(e).__name__, e)
+
+
 def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     """Resolve model and data, train on Ray actors, evaluate; returns the final metrics."""
     from dataclasses import asdict
@@ -96,16 +109,19 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
                            run_id=wandb_id)
     trainer.wandb_id = logger.run_id
     try:
-        trainer.setup()
-        if ckpt is not None:
-            trainer.restore(ckpt)
-        final = trainer.fit(logger)
+        try:
+            trainer.setup()
+            if ckpt is not None:
+                trainer.restore(ckpt)
+            final = trainer.fit(logger)
+        finally:
+            trainer.shutdown()
+        summary = {"model": str(model_path), "seconds": round(time.time() - t0, 1), **final}
+        Path(run_dir, "final_metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_report_logged(run_dir, logger)
     finally:
         logger.finish()
-        trainer.shutdown()
     k = run.eval.samples
-    summary = {"model": str(model_path), "seconds": round(time.time() - t0, 1), **final}
-    Path(run_dir, "final_metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     for prefix, label in (("eval_base/", "before training"), ("eval/", "after training")):
         part = {key[len(prefix):]: v for key, v in final.items() if key.startswith(prefix)}
         if part:

@@ -231,6 +231,7 @@ class LearnerWorker:
             old = self.compute_old_logprobs(part, candidates or None)
             stats["timing_s/old_log_prob"] = time.perf_counter() - t0
             stats.update(self._mismatch_stats(part, old["old_logp"]))
+            stats.update(self._tau_entropy_stats(part, old["entropy_untempered"]))
         if phase in ("phi", "joint"):
             t0 = time.perf_counter()
             stats.update(self.update_phi(part))
@@ -244,6 +245,21 @@ class LearnerWorker:
             meta = {"loglik": old["loglik"], "advantages": part.advantages,
                     "rows": rows_in if self.rank == 0 else 0}
         return stats, meta
+
+    def _tau_entropy_stats(self, batch: TrajectoryBatch, entropy: Tensor) -> dict[str, float]:
+        """Entropy of the untempered next-token distribution (token mean) and its Pearson
+        correlation with the tau each token was sampled at, over all ranks' tokens (the rows the
+        learner trained on). No correlation when tau is constant."""
+        mask = batch.response_mask
+        x, y = batch.tau[mask].double(), entropy[mask].double()
+        s = torch.stack([torch.tensor(float(mask.sum()), dtype=torch.float64), x.sum(), y.sum(),
+                         (x * x).sum(), (y * y).sum(), (x * y).sum()])
+        n, sx, sy, sxx, syy, sxy = ds_utils.all_reduce(s).tolist()
+        out = {"actor/entropy_untempered": sy / max(n, 1.0)}
+        var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
+        if n > 1 and var_x > 1e-12 * max(1.0, n * sxx) and var_y > 0:
+            out["tau/entropy_corr"] = (n * sxy - sx * sy) / math.sqrt(var_x * var_y)
+        return out
 
     def _mismatch_stats(self, batch: TrajectoryBatch, old_logp: Tensor) -> dict[str, float]:
         """Rollout-engine vs learner log-prob of the sampled tokens (same tau): should be ~0."""

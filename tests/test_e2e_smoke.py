@@ -47,4 +47,6 @@ def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, over
     first = json.loads(dumps[0].read_text().splitlines()[0])
     assert len(first["tau"]) == len(first["token_ids"]) == len(first["tokens"])
     assert (tmp_path / "resolved_config.yaml").exists()
+    report = (tmp_path / "report.md").read_text()  # the analyses ran at the end
+    assert "## Held-out evaluation" in report and (tmp_path / "plots" / "curves.png").exists()
     assert list((tmp_path / "wandb").glob("offline-run-*"))

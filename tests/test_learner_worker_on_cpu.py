@@ -246,6 +246,13 @@ def test_train_step_runs_the_phases_and_returns_the_meta_input(tiny_model_dir, e
     assert stats["actor/rollout_logp_diff_max"] < 1e-4  # the per-token temperature invariant
     assert meta["loglik"].shape == (len(batch), len(CANDIDATES))
     assert torch.equal(meta["advantages"], batch.advantages)
+    # tau vs the untempered entropy: the same correlation as a plain recompute (before the update)
+    logits, _ = naive_logits(make_worker(tiny_model_dir, engine).theta.module, batch)
+    ent = -(logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum(-1)
+    m = batch.response_mask
+    want = torch.corrcoef(torch.stack([batch.tau[m].double(), ent[m].double()]))[0, 1].item()
+    assert stats["tau/entropy_corr"] == pytest.approx(want, abs=1e-4)
+    assert stats["actor/entropy_untempered"] == pytest.approx(ent[m].mean().item(), rel=1e-4)
     theta = params(w, "theta")
     stats, meta = w.train_step(batch, "phi")
     assert meta is None and "actor/pg_loss" not in stats and "phi/pg_loss" in stats

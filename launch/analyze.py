@@ -1,0 +1,295 @@
+"""The papers' temperature analyses and a run report, from a run folder alone.
+
+    python -m launch.analyze RUN_DIR          # writes RUN_DIR/report.md and RUN_DIR/plots/*.png
+
+``launch.run`` calls it at the end of every run. Inputs: ``metrics.jsonl`` (per-step metrics,
+evaluations), ``rollouts/step_*.jsonl`` (every response of a dumped step with its per-token τ,
+tokens, level, reward) and ``resolved_config.yaml``. Each plot is skipped, with a line in the
+report saying why, when its inputs are missing (e.g. the TAMPO heatmap for other strategies).
+
+Plots (IntroLLM's and TAMPO's figures, for any strategy):
+- ``tau_by_level``: mean and spread of τ per difficulty level (dumps of the second half of the run)
+- ``tau_along_response``: τ token by token along one response, and mean τ by position
+- ``top_tau_tokens``: the tokens with the highest mean τ (at least ``MIN_COUNT`` occurrences)
+- ``tau_over_steps``: τ mean/min/max per step, overall and per level
+- ``tampo_pi``: TAMPO's π(T_k) per step as a heatmap, with the chosen T_s
+- ``tau_entropy``: correlation of τ with the untempered entropy per step (learner's old pass)
+- ``curves``: training reward and held-out Avg@k
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+MIN_COUNT = 20  # occurrences a token needs to enter the highest-τ ranking
+
+
+def load_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def load_dumps(run_dir: Path, from_step: int = 0) -> list[dict]:
+    rows = []
+    for path in sorted((Path(run_dir) / "rollouts").glob("step_*.jsonl")):
+        if int(path.stem.split("_")[1]) >= from_step:
+            rows += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return rows
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1))
+
+
+# ---------------------------------------------------------------------- the analyses (data)
+
+
+def tau_by_level(dumps: list[dict]) -> dict[int, tuple[float, float, int]]:
+    """level -> (mean τ, std τ, tokens)."""
+    by: dict[int, list[float]] = defaultdict(list)
+    for r in dumps:
+        by[int(r["level"])] += r["tau"]
+    return {lvl: (*_mean_std(v), len(v)) for lvl, v in sorted(by.items()) if v}
+
+
+def tau_by_position(dumps: list[dict], max_len: int = 256) -> list[tuple[float, int]]:
+    """position -> (mean τ, responses that reach it)."""
+    sums, counts = [0.0] * max_len, [0] * max_len
+    for r in dumps:
+        for t, tau in enumerate(r["tau"][:max_len]):
+            sums[t] += tau
+            counts[t] += 1
+    return [(s / c, c) for s, c in zip(sums, counts) if c]
+
+
+def top_tau_tokens(dumps: list[dict], k: int = 15, min_count: int = MIN_COUNT) -> list[tuple[str, float, int]]:
+    """(token text, mean τ, count) of the k tokens with the highest mean τ."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in dumps:
+        for tok, tau in zip(r.get("tokens") or [str(t) for t in r["token_ids"]], r["tau"]):
+            by[tok].append(tau)
+    rows = [(tok, sum(v) / len(v), len(v)) for tok, v in by.items() if len(v) >= min_count]
+    return sorted(rows, key=lambda x: -x[1])[:k]
+
+
+def example_response(dumps: list[dict]) -> dict | None:
+    """A correct response of median length from the hardest level that has one."""
+    good = [r for r in dumps if (r.get("reward") or 0) >= 1.0 and len(r["tau"]) > 1]
+    if not good:
+        return None
+    top = max(int(r["level"]) for r in good)
+    pool = sorted((r for r in good if int(r["level"]) == top), key=lambda r: len(r["tau"]))
+    return pool[len(pool) // 2]
+
+
+def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in metrics if key in r and r[key] is not None
+           and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+# ---------------------------------------------------------------------- plotting
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def make_plots(run_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write the PNGs; returns ({name: path}, {name: why it was skipped})."""
+    run_dir = Path(run_dir)
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    plt = _plt()
+    metrics = load_metrics(run_dir)
+    steps = [r["step"] for r in metrics if "critic/score/mean" in r]
+    half = steps[len(steps) // 2] - 1 if steps else 0
+    dumps = load_dumps(run_dir, from_step=half)
+    made, skipped = {}, {}
+
+    def save(fig, name):
+        path = out_dir / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made[name] = path
+
+    if dumps:
+        levels = tau_by_level(dumps)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = list(levels)
+        ax.errorbar(xs, [levels[x][0] for x in xs], yerr=[levels[x][1] for x in xs], fmt="o-",
+                    capsize=4)
+        ax.set(xlabel="difficulty level", ylabel="τ (mean ± std)", xticks=xs,
+               title=f"τ by level (dumps from step {half})")
+        save(fig, "tau_by_level")
+
+        ex = example_response(dumps)
+        pos = tau_by_position(dumps)
+        fig, axes = plt.subplots(2, 1, figsize=(9, 5.5))
+        if ex is not None:
+            toks = ex.get("tokens") or [str(t) for t in ex["token_ids"]]
+            axes[0].bar(range(len(ex["tau"])), ex["tau"], color="tab:orange")
+            axes[0].set_xticks(range(len(toks)))
+            axes[0].set_xticklabels([t.replace("\n", "\\n") for t in toks], rotation=90, fontsize=7)
+            axes[0].set(ylabel="τ", title=f"one response (L{ex['level']}, correct): τ per token")
+        axes[1].plot([p[0] for p in pos])
+        axes[1].set(xlabel="position in response", ylabel="mean τ", title="mean τ by position")
+        save(fig, "tau_along_response")
+
+        top = top_tau_tokens(dumps)
+        if top:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.barh([repr(t[0]) for t in top][::-1], [t[1] for t in top][::-1])
+            ax.set(xlabel="mean τ", title=f"tokens with the highest τ (≥ {MIN_COUNT} uses)")
+            save(fig, "top_tau_tokens")
+    else:
+        skipped["tau_by_level"] = skipped["tau_along_response"] = "no rollout dumps (trainer.dump_every=0)"
+
+    x, y = series(metrics, "tau/mean")
+    if x:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for key, style in (("tau/mean", "-"), ("tau/min", ":"), ("tau/max", ":")):
+            axes[0].plot(*series(metrics, key), style, label=key.split("/")[1])
+        axes[0].set(xlabel="step", ylabel="τ", title="τ over training")
+        axes[0].legend()
+        for lvl in range(1, 6):
+            sx, sy = series(metrics, f"tau/mean_L{lvl}")
+            if sx:
+                axes[1].plot(sx, sy, label=f"L{lvl}")
+        axes[1].set(xlabel="step", ylabel="mean τ", title="mean τ per level")
+        axes[1].legend(fontsize=7)
+        save(fig, "tau_over_steps")
+
+    pi_keys = sorted({k for r in metrics for k in r if k.startswith("tampo/pi_T")},
+                     key=lambda k: float(k.split("_T")[1]))
+    if pi_keys:
+        rows = [r for r in metrics if pi_keys[0] in r]
+        grid = [[r[k] for r in rows] for k in pi_keys]
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis",
+                       extent=(rows[0]["step"] - 0.5, rows[-1]["step"] + 0.5, -0.5, len(pi_keys) - 0.5))
+        temps = [float(k.split("_T")[1]) for k in pi_keys]
+        ax.set_yticks(range(len(temps)))
+        ax.set_yticklabels([f"{t:.2f}" for t in temps])
+        cx, cy = series(metrics, "rollout/planned_temperature")
+        ax.plot(cx, [min(range(len(temps)), key=lambda i: abs(temps[i] - t)) for t in cy], "w.",
+                markersize=3, label="chosen T_s")
+        ax.set(xlabel="step", ylabel="candidate T", title="TAMPO π(T_k) over steps")
+        ax.legend(loc="upper right", fontsize=7)
+        fig.colorbar(im, ax=ax)
+        save(fig, "tampo_pi")
+    else:
+        skipped["tampo_pi"] = "not a TAMPO run"
+
+    cx, cy = series(metrics, "tau/entropy_corr")
+    if cx:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(cx, cy)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(xlabel="step", ylabel="Pearson r", title="τ vs entropy of the untempered distribution")
+        save(fig, "tau_entropy")
+    else:
+        skipped["tau_entropy"] = "τ is constant within each step (scalar strategy)"
+
+    rx, ry = series(metrics, "critic/score/mean")
+    if rx:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        w = max(1, len(ry) // 20)
+        smooth = [sum(ry[max(0, i - w + 1): i + 1]) / len(ry[max(0, i - w + 1): i + 1]) for i in range(len(ry))]
+        ax.plot(rx, ry, alpha=0.3, label="train reward")
+        ax.plot(rx, smooth, label=f"train reward ({w}-step mean)")
+        key = next((k for r in metrics for k in r if k.startswith("eval/all/avg@")), None)
+        base = next((r[k] for r in metrics for k in r if k.startswith("eval_base/all/avg@")), None)
+        if key:
+            ex_, ey = series(metrics, key)
+            if base is not None:
+                ex_, ey = [0] + ex_, [base] + ey
+            ax.plot(ex_, ey, "o-", label=f"held-out {key.split('/')[-1]}")
+        ax.set(xlabel="step", ylabel="accuracy", title="reward and held-out accuracy")
+        ax.legend(fontsize=7)
+        save(fig, "curves")
+    return made, skipped
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def _final_table(metrics: list[dict]) -> list[str]:
+    base = {k[len("eval_base/"):]: v for r in metrics for k, v in r.items() if k.startswith("eval_base/")}
+    final: dict[str, float] = {}
+    for r in metrics:  # the last evaluation
+        if any(k.startswith("eval/") for k in r):
+            final = {k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")}
+    if not final and not base:
+        return ["(no held-out evaluation logged)"]
+    k = next((key.split("avg@")[1] for key in {**base, **final} if "avg@" in key), "k")
+    groups = sorted({key.split("/avg@")[0] for key in {**base, **final} if "/avg@" in key},
+                    key=lambda g: (g != "all", g))
+    lines = [f"| group | n | base Avg@{k} | final Avg@{k} | base Pass@{k} | final Pass@{k} |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    fmt = lambda d, key: f"{d[key]:.3f}" if key in d else "-"  # noqa: E731
+    for g in groups:
+        n = final.get(f"{g}/n", base.get(f"{g}/n", 0))
+        lines.append(f"| {g} | {n:.0f} | {fmt(base, f'{g}/avg@{k}')} | {fmt(final, f'{g}/avg@{k}')} "
+                     f"| {fmt(base, f'{g}/pass@{k}')} | {fmt(final, f'{g}/pass@{k}')} |")
+    return lines
+
+
+def write_report(run_dir: Path) -> Path:
+    """RUN_DIR/report.md: the config, the final numbers, the plots (readable without wandb)."""
+    run_dir = Path(run_dir)
+    made, skipped = make_plots(run_dir)
+    metrics = load_metrics(run_dir)
+    cfg_path = run_dir / "resolved_config.yaml"
+    cfg = cfg_path.read_text() if cfg_path.exists() else "(no resolved_config.yaml)"
+    summary_path = run_dir / "final_metrics.json"
+    seconds = json.loads(summary_path.read_text()).get("seconds") if summary_path.exists() else None
+    steps = [r for r in metrics if "critic/score/mean" in r]
+    lines = [f"# Run report: {run_dir.name}", ""]
+    if steps:
+        lines.append(f"{len(steps)} steps" + (f" in {seconds:.0f} s" if seconds else "") +
+                     f"; last step's train reward {steps[-1]['critic/score/mean']:.3f}, "
+                     f"mean τ {steps[-1].get('tau/mean', float('nan')):.3f}.")
+    lines += ["", "## Held-out evaluation (before training and at the last evaluation)", ""]
+    lines += _final_table(metrics)
+    dumps = load_dumps(run_dir, from_step=(steps[len(steps) // 2]["step"] - 1) if steps else 0)
+    top = top_tau_tokens(dumps)
+    if top:
+        lines += ["", "## Tokens with the highest τ", "", "| token | mean τ | count |",
+                  "| --- | --- | --- |"]
+        lines += [f"| `{t!r}` | {m:.3f} | {c} |" for t, m, c in top]
+    lines += ["", "## Plots", ""]
+    for name, path in made.items():
+        lines += [f"### {name.replace('_', ' ')}", "", f"![{name}](plots/{path.name})", ""]
+    for name, why in skipped.items():
+        lines.append(f"- {name}: not drawn ({why})")
+    lines += ["", "## Configuration", "", "```yaml", cfg.rstrip(), "```", ""]
+    out = run_dir / "report.md"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(out)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python -m launch.analyze RUN_DIR  (a run folder with metrics.jsonl)",
+              file=sys.stderr)
+        return 2
+    print(f"report: {write_report(Path(argv[0]))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
