@@ -318,6 +318,9 @@ class EvalConfig:
     temperature_mode: str = "sample"
     """sample (the strategy's temperatures; IntroLLM's head samples its actions) | mean (IntroLLM:
     the Beta mean instead of a draw) | greedy (argmax, no temperature)"""
+    checkpoint: Optional[str] = None
+    """launch.evaluate only: a checkpoint folder (step_NNNNNN) or run folder whose newest
+    checkpoint's theta and phi are evaluated; null = the model folder (model.path) as it is"""
     temperature: Optional[float] = 1.0
     """the per-prompt evaluation temperature: scalar strategies (fixed, linear, staged, TAMPO)
     decode at it, IntroLLM takes it as tau_0 and its head decides every token, EAD and EDT apply

@@ -1,11 +1,23 @@
-"""Held-out evaluation helpers: the groups a problem counts under, and the results table.
+"""Held-out evaluation: the entry point, the groups a problem counts under, the results table.
 
-The evaluation itself runs on the rollout actors (``launch.trainer.Trainer.evaluate``): k
-samples per problem from the run's own strategy, scored by the reward actor, summarised by
-``launch.metrics.summarize`` into Avg@k / Pass@k / maj@k overall, per family and per level.
+    python -m launch.evaluate +experiment=introllm eval.checkpoint=runs/x/checkpoints/step_000120
+    python -m launch.evaluate model.path=/models/Qwen3-1.7B data=math data.eval_path=/data/math500.jsonl
+    python -m launch.evaluate +experiment=fixed eval.temperature_mode=greedy eval.samples=1
+
+The same configuration as ``launch.run`` (so the strategy, its head and the data are the run's);
+no learner is started. The evaluation runs on the rollout actors (``Trainer.evaluate``): k samples
+per problem decoded with the strategy's temperatures (IntroLLM's head: ``eval.temperature_mode=
+sample|mean``; scalar strategies at ``eval.temperature``) or greedily, scored by the reward actor,
+summarised by ``launch.metrics.summarize`` into Avg@k, unbiased Pass@k and maj@k overall, per
+family and per level. Results: the printed table and ``<run folder>/eval_results.json``.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
 
 from data.synthetic import Problem
 
@@ -28,3 +40,86 @@ def format_table(metrics: dict[str, float], k: int) -> str:
                metrics.get(f"{g}/maj@{k}", float("nan"))]
         lines.append(f"{g:<16} {row[0]:>5.0f} " + " ".join(f"{v:>8.3f}" for v in row[1:]))
     return "\n".join(lines)
+
+
+def checkpoint_weights(ckpt: Path) -> tuple[dict, dict | None]:
+    """(theta and phi weights as the engines load them, the meta actor's state) of a checkpoint."""
+    import torch
+
+    sd = torch.load(Path(ckpt) / "learner_rank0" / "learner_rank0.pt", map_location="cpu",
+                    weights_only=False)
+    weights = dict(sd["theta"]["module"])
+    if "phi" in sd:
+        weights.update(sd["phi"]["module"])  # keys temperature_head.*
+    driver = torch.load(Path(ckpt) / "driver.pt", map_location="cpu", weights_only=False)
+    return weights, driver.get("meta")
+
+
+def evaluate_run(run, run_dir: str) -> dict[str, float]:
+    """Evaluate `run`'s model (or `run.eval.checkpoint`) on its held-out data; writes
+    eval_results.json in `run_dir` and returns the metrics."""
+    import ray
+
+    from launch.checkpoint import find_checkpoint
+    from launch.config import ConfigError
+    from launch.pipeline import load_data, resolve_model_path
+    from launch.trainer import Trainer
+
+    model_path = resolve_model_path(run)
+    _, heldout = load_data(run)
+    if not heldout:
+        raise ConfigError("the configured data has no held-out problems (data.eval_size=0 or no "
+                          "data.eval_path); set data.eval_size or data.eval_path")
+    if run.eval.checkpoint == "auto":
+        raise ConfigError("eval.checkpoint (auto) must be a checkpoint or run folder path; "
+                          "e.g. eval.checkpoint=runs/NAME/checkpoints/step_000120")
+    ckpt = find_checkpoint(Path(run_dir), run.eval.checkpoint) if run.eval.checkpoint else None
+    trainer = Trainer(run, run_dir, model_path, [], heldout)
+    try:
+        trainer.setup(learners=False)
+        step = 0
+        if ckpt is not None:
+            weights, meta_state = checkpoint_weights(ckpt)
+            ref = ray.put(weights)
+            ray.get([a.load_weights.remote(ref) for a in trainer.rollout])
+            if meta_state is not None:
+                ray.get(trainer.meta.load_state_dict.remote(meta_state))
+            step = int(ckpt.name.split("_")[-1])
+        results = trainer.evaluate(step)
+    finally:
+        trainer.shutdown()
+    k = run.eval.samples
+    out = {"model": str(model_path), "checkpoint": str(ckpt) if ckpt else None,
+           "problems": len(heldout), "samples": k, "mode": run.eval.temperature_mode,
+           "temperature": run.eval.temperature, **results}
+    Path(run_dir, "eval_results.json").write_text(json.dumps(out, indent=2))
+    print(f"held-out evaluation of {ckpt or model_path} ({len(heldout)} problems x {k} samples, "
+          f"{run.eval.temperature_mode}):")
+    print(format_table({key[len("eval/"):]: v for key, v in results.items()}, k))
+    print(f"results: {os.path.abspath(Path(run_dir, 'eval_results.json'))}")
+    return out
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from launch.config import ConfigError, validate
+    from launch.run import exit_on_sigterm
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    def _main(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        exit_on_sigterm()
+        try:
+            evaluate_run(validate(cfg), HydraConfig.get().runtime.output_dir)
+        except ConfigError as e:
+            print(f"config error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

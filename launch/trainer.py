@@ -108,7 +108,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self) -> None:
+    def setup(self, learners: bool = True) -> None:
+        """Start Ray and the actors; ``learners=False`` for evaluation only (``launch.evaluate``)."""
         import ray
         from transformers import AutoConfig, AutoTokenizer
 
@@ -129,11 +130,11 @@ class Trainer:
         self.dashboard = start_ray(run, run.rollout.num_actors + m + 2)
         if self.dashboard:
             print(f"Ray dashboard: {self.dashboard}")
-        self._make_actors(hidden)
+        self._make_actors(hidden, learners)
         self._rollout_pids = ray.get([a.ping.remote() for a in self.rollout])
         print(self.placement.describe())
 
-    def _make_actors(self, hidden: int) -> None:
+    def _make_actors(self, hidden: int, learners: bool = True) -> None:
         import ray
 
         from launch.placement import Placement
@@ -167,7 +168,7 @@ class Trainer:
                 self.model_path, run.learner, run.meta.phi, head_state, head_kwargs,
                 run.trainer.total_steps, rank=r, world_size=m, master_addr=addr,
                 master_port=port, dtype=run.model.dtype, seed=run.seed)
-            for r in range(m)]
+            for r in range(m if learners else 0)]
         self.candidates = ray.get(self.meta.get_candidates.remote())
 
     # ------------------------------------------------------------------ one step

@@ -50,3 +50,22 @@ def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, over
     report = (tmp_path / "report.md").read_text()  # the analyses ran at the end
     assert "## Held-out evaluation" in report and (tmp_path / "plots" / "curves.png").exists()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_evaluate_a_checkpoint_reproduces_the_runs_final_evaluation(tmp_path, tiny_model_dir):
+    """launch.evaluate on the last checkpoint, same seeds: exactly the run's own final numbers
+    (so the checkpoint holds theta and phi, and the entry point decodes like the trainer)."""
+    run_dir = tmp_path / "run"
+    _, rows = run_smoke(run_dir, tiny_model_dir, "rollout=hf")
+    final = next(r for r in reversed(rows) if "eval/all/avg@2" in r)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "launch.evaluate", "+experiment=smoke", "rollout=hf",
+           f"model.path={tiny_model_dir}", f"eval.checkpoint={run_dir}",
+           f"hydra.run.dir={tmp_path / 'eval'}", "cluster.dashboard=false"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert got["checkpoint"].endswith("step_000002") and got["problems"] == 20
+    for key in ("eval/all/avg@2", "eval/all/pass@2", "eval/L1/avg@2"):
+        assert got[key] == final[key], key
+    assert "held-out evaluation of" in proc.stdout
