@@ -1,7 +1,12 @@
-"""Exact resume through the real entry point: a run killed with SIGKILL after a checkpoint and
-resumed with ``trainer.resume=auto`` ends with the same parameters and the same per-step metrics
-as a run that never stopped (bitwise on CPU), under the same wandb run id; plus the clear errors
-for a checkpoint that does not fit."""
+"""Reliability through the real entry point (issue #7).
+
+- Exact resume: a run killed with SIGKILL after a checkpoint and resumed with
+  ``trainer.resume=auto`` ends with the same parameters and per-step metrics as a run that never
+  stopped (bitwise on CPU), under the same wandb run id; a checkpoint that does not fit is refused.
+- Failures: killed rollout and reward actors restart and the run loses no step; a killed learner
+  rank stops the run by name and it resumes; a streak of non-finite updates stops the run.
+- Bad input: a model folder that is not a model is refused before anything starts.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,13 @@ def launch(run_dir, model_dir, *extra):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def wait_for(marker: Path, proc, timeout=600) -> None:
+    """Until `marker` exists (a checkpoint's COMPLETE), while the run is alive."""
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def finish(proc, timeout=600):
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-5000:]
@@ -68,10 +80,7 @@ def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir
     finish(launch(straight, tiny_model_dir))
 
     proc = launch(broken, tiny_model_dir)
-    marker = broken / "checkpoints" / "step_000002" / "COMPLETE"
-    deadline = time.time() + 600
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(broken / "checkpoints" / "step_000002" / "COMPLETE", proc)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, no clean-up
     proc.communicate(timeout=60)
@@ -168,10 +177,7 @@ def _descendants_named(pid: int, needle: str) -> list[int]:
 def test_a_dead_learner_rank_stops_the_run_by_name_and_it_resumes(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
     proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=40", "meta=fixed")
-    marker = run_dir / "checkpoints" / "step_000002" / "COMPLETE"
-    deadline = time.time() + 600
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
     learners = _descendants_named(proc.pid, "LearnerWorker")
     assert len(learners) == 1, learners
     os.kill(learners[0], signal.SIGKILL)
@@ -194,16 +200,11 @@ def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, 
     and must be resynced before it generates), the reward actor after step 5."""
     run_dir = tmp_path / "run"
     proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=8", "meta=fixed")
-    marker = run_dir / "checkpoints" / "step_000002" / "COMPLETE"
-    deadline = time.time() + 600
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
     engines = _descendants_named(proc.pid, "RolloutWorker")
     assert len(engines) == 1, engines
     os.kill(engines[0], signal.SIGKILL)
-    marker = run_dir / "checkpoints" / "step_000005" / "COMPLETE"
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(run_dir / "checkpoints" / "step_000005" / "COMPLETE", proc)
     scorers = _descendants_named(proc.pid, "RewardWorker")
     assert len(scorers) == 1, scorers
     os.kill(scorers[0], signal.SIGKILL)  # stateless: Ray restarts it and retries its task
@@ -212,3 +213,18 @@ def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, 
     steps = sane_steps(rows, steps=8, max_new_tokens=32)  # each step once; engine == learner
     assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled
     assert steps[-1]["rollout/actor_restarts"] == 1, out[-3000:]
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: None, "is not a folder"),
+    (lambda d: d.mkdir(), "has no config.json"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text("{}")), "has no weights"),
+])
+def test_a_model_folder_that_is_not_a_model_is_refused_before_anything_starts(tmp_path, make, needle):
+    from launch.pipeline import resolve_model_path
+
+    folder = tmp_path / "model"
+    make(folder)
+    with pytest.raises(ConfigError, match=needle) as err:
+        resolve_model_path(compose_run("model=local", f"model.path={folder}"))
+    assert "model.path" in str(err.value)
