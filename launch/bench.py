@@ -2,6 +2,7 @@
 and a results table, and writes everything as JSON with ``--out FILE``.
 
     python -m launch.bench rollout                         # embedded model, vLLM + transformers
+    python -m launch.bench learner                         # theta vs phi step, TAMPO l_k share
     python -m launch.bench rollout --engines hf --reps 3 --prompts 16 --out bench.json
 
 ``rollout``: tokens/s of the rollout engines on the same requests (P prompts x G responses):
@@ -461,9 +462,112 @@ def head_cost_note(paired: dict, limit: float = 2.0) -> str:
     return f"head costs {cost:+.1f} % (target <= {limit:g} %: {verdict})"
 
 
+# ----------------------------------------------------------------------------- learner
+
+
+def add_learner_parser(sub) -> None:
+    p = sub.add_parser("learner", help="learner step costs: theta vs phi phase, TAMPO's l_k share",
+                       description="One DeepSpeed learner (CPU) on a batch the transformers engine "
+                       "generates with the IntroLLM head, timed in interleaved rounds: the theta "
+                       "step (old log-probs + update), the phi step (update of the head only), "
+                       "and the old-log-prob pass with and without TAMPO's l_k for K candidates. "
+                       "Targets: l_k <= 5 % of a learner step; a phi step well under half a theta step.")
+    p.add_argument("--model", default=None, help="local HF folder (default: the embedded model)")
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--candidates", type=int, default=10, help="K TAMPO temperatures in [0.6, 1.5]")
+    p.add_argument("--micro-batch-size", type=int, default=16)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=bench_learner)
+
+
+def bench_learner(args) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    from launch.build_model import ensure_tiny_model
+    from launch.config import LearnerConfig, PhiTrainingConfig
+    from learner.core_algos import compute_grpo_advantages
+    from learner.worker import LearnerWorker
+    from meta import build_strategy
+    from rollout.base import RolloutRequest
+    from rollout.hf_engine import HFEngine
+
+    model = str(args.model or ensure_tiny_model())
+    prompt_ids = _prompt_ids(model, argparse.Namespace(prompts=args.prompts, seed=args.seed,
+                                                       max_prompt_tokens=128))
+    from transformers import AutoConfig
+
+    hidden = AutoConfig.from_pretrained(model).hidden_size
+    torch.manual_seed(args.seed)
+    strategy = build_strategy("introllm", hidden_size=hidden)
+    engine = HFEngine.from_path(model, strategy, max_new_tokens=args.max_new_tokens, batch_size=256)
+    reqs = [RolloutRequest(ids, g, 1.0) for g, ids in enumerate(prompt_ids) for _ in range(args.group)]
+    batch = engine.generate(reqs, seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    batch.rewards = torch.randint(0, 2, (len(batch),), generator=gen).float()
+    batch.advantages = compute_grpo_advantages(batch.rewards, batch.group_index)
+    tokens = int(batch.response_mask.sum())
+    k = args.candidates
+    candidates = [round(0.6 + 0.9 * i / max(1, k - 1), 4) for i in range(k)]
+    cfg = LearnerConfig(micro_batch_size=args.micro_batch_size, skip_zero_adv=False)
+    worker = LearnerWorker(model, cfg, PhiTrainingConfig(), head_state=strategy.head.state_dict(),
+                           head_kwargs={"hidden_size": hidden}, seed=args.seed)
+
+    def theta(_):
+        worker.update_theta(batch, worker.compute_old_logprobs(batch))
+        return {"tokens": tokens}
+
+    def phi(_):
+        worker.update_phi(batch)
+        return {"tokens": tokens}
+
+    def old(_):
+        worker.compute_old_logprobs(batch)
+        return {"tokens": tokens}
+
+    def old_lk(_):
+        worker.compute_old_logprobs(batch, candidates)
+        return {"tokens": tokens}
+
+    arms = [Arm("theta step", theta), Arm("phi step", phi), Arm("old logp", old),
+            Arm("old logp + l_k", old_lk)]
+    settings = {"model": model, "responses": len(batch), "response_tokens": tokens,
+                "candidates": k, "micro_batch_size": args.micro_batch_size, "reps": args.reps,
+                "warmup": args.warmup}
+    machine = machine_info()
+    print_block("machine", machine)
+    print_block("settings", settings)
+    samples = interleaved(arms, args.reps, args.warmup, progress=print)
+    med = {name: summarize([x["seconds"] for x in v]).median for name, v in samples.items()}
+    lk_s = max(0.0, med["old logp + l_k"] - med["old logp"])
+    ratios = {"l_k / theta step": lk_s / med["theta step"],
+              "phi step / theta step": med["phi step"] / med["theta step"]}
+    table = Table(["arm", "reps", "s median", "s min-max", "tokens/s"],
+                  title="learner work per batch (interleaved rounds)")
+    for name, v in samples.items():
+        sm = summarize([x["seconds"] for x in v])
+        table.add(name, sm.n, f"{sm.median:.3f}", f"{sm.min:.3f} - {sm.max:.3f}",
+                  fmt_rate(tokens / sm.median))
+    out = Table(["ratio (median seconds)", "value", "target"], title="ratios")
+    out.add("TAMPO l_k (K=%d) / theta step" % k, f"{100 * ratios['l_k / theta step']:.1f} %", "<= 5 %")
+    out.add("phi step / theta step", f"{100 * ratios['phi step / theta step']:.1f} %", "well under 50 %")
+    print()
+    print(table.render())
+    print()
+    print(out.render())
+    return {"benchmark": "learner", "machine": machine, "settings": settings,
+            "median_seconds": med, "ratios": ratios, "samples": samples}
+
+
 # ----------------------------------------------------------------------------- entry point
 
-SUBCOMMANDS = (add_rollout_parser,)
+SUBCOMMANDS = (add_rollout_parser, add_learner_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

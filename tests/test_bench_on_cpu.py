@@ -137,3 +137,16 @@ def test_rollout_benchmark_vllm_and_hf(tiny_model_dir, tmp_path, capsys):
                    "--out", str(out)])
     _check_run(result, out, ["vllm", "hf"], capsys)
     assert {"introllm: vllm / hf", "fixed: vllm / hf"} <= set(result["ratios"])
+
+
+def test_learner_benchmark_times_every_arm_and_reports_the_ratios(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "learner.json"
+    result = main(["learner", "--model", str(tiny_model_dir), "--prompts", "4", "--group", "2",
+                   "--max-new-tokens", "8", "--candidates", "3", "--reps", "2", "--warmup", "0",
+                   "--out", str(out)])
+    text = capsys.readouterr().out
+    assert set(result["median_seconds"]) == {"theta step", "phi step", "old logp", "old logp + l_k"}
+    assert all(len(v) == 2 for v in result["samples"].values())
+    assert 0 < result["ratios"]["phi step / theta step"]
+    assert "TAMPO l_k (K=3) / theta step" in text and "phi step / theta step" in text
+    assert json.loads(out.read_text())["settings"]["responses"] == 8
