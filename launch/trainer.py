@@ -76,6 +76,8 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
     """Start (or join) the Ray cluster; returns the dashboard URL, if any."""
     import ray
 
+    from launch.run import exit_on_sigterm
+
     if ray.is_initialized():
         return None
     root = str(Path(__file__).resolve().parents[1])  # workers import the project from here
@@ -83,8 +85,6 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
     env = {**WORKER_ENV, "PYTHONPATH": path, **_device_env(run)}
     kwargs = dict(namespace=run.cluster.namespace, runtime_env={"env_vars": env},
                   include_dashboard=run.cluster.dashboard, log_to_driver=True)
-    from launch.run import exit_on_sigterm
-
     if run.cluster.address:
         ctx = ray.init(address=run.cluster.address, **kwargs)
     else:
@@ -104,7 +104,10 @@ class Trainer:
         self.train, self.heldout = train, heldout
         self.sampler = PromptSampler(len(train), run.seed)
         self.start_step = 0
+        self.wandb_id: str | None = None
         self._nonfinite_streak = 0
+        self._rollout_pids: list[int] = []  # rollout actors' process ids: a change = a restart
+        self.rollout_restarts = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -198,15 +201,16 @@ class Trainer:
         and the step runs again on the same requests and seeds (nothing lost, nothing counted
         twice: no stage consumed the failed step's trajectories)."""
         parts = self.requests_for(step)
-        for attempt in range(3):
+        attempts = 0
+        while True:
             try:
                 return self._step(step, parts)
             except Exception as err:  # noqa: BLE001 - re-raised unless a restart explains it
-                if attempt == 2 or not self.resync_restarted_rollout():
+                attempts += 1
+                if attempts == 3 or not self.resync_restarted_rollout():
                     raise
                 log.warning("step %d: a rollout actor restarted (%s); weights resent, step "
                             "repeated", step + 1, type(err).__name__)
-        raise AssertionError("unreachable")
 
     def resync_restarted_rollout(self) -> list[int]:
         """Send the current weights to rollout actors that restarted since the last check (their
@@ -214,14 +218,11 @@ class Trainer:
         import ray
 
         pids = ray.get([a.ping.remote() for a in self.rollout])
-        known = getattr(self, "_rollout_pids", None) or pids
+        restarted = [i for i, (a, b) in enumerate(zip(self._rollout_pids, pids)) if a != b]
         self._rollout_pids = pids
-        restarted = [i for i, (a, b) in enumerate(zip(known, pids)) if a != b]
         if restarted:
-            which = "all" if self.run.meta.name == "introllm" else "theta"
-            weights = [lr.get_weights.remote(which) for lr in self.learners][0]
-            ray.get([self.rollout[i].load_all_weights.remote(weights) for i in restarted])
-            self.rollout_restarts = getattr(self, "rollout_restarts", 0) + len(restarted)
+            self.sync_weights("full", [self.rollout[i] for i in restarted])
+            self.rollout_restarts += len(restarted)
         return restarted
 
     def _step(self, step: int, parts: list[list[RolloutRequest]]) -> dict:
@@ -256,16 +257,23 @@ class Trainer:
         metrics["perf/throughput"] = metrics.get("rollout/gen_tokens", 0.0) / metrics["timing_s/step"]
         metrics["phase"] = phase
         metrics["rollout/planned_temperature"] = sum(self._planned) / len(self._planned)
-        metrics["rollout/actor_restarts"] = float(getattr(self, "rollout_restarts", 0))
+        metrics["rollout/actor_restarts"] = float(self.rollout_restarts)
         return metrics
 
-    def sync_weights(self, which: str) -> list[float]:
-        """Learner weights (theta | phi | all) into every engine; each engine's seconds. Every
-        rank is asked (ZeRO-3 gathers need them all); rank 0's copy is sent."""
+    def sync_weights(self, which: str, engines: list | None = None) -> list[float]:
+        """Learner weights into the engines (default: all); each engine's seconds. `which`:
+        theta | phi | all, or full = every weight the run trains (theta, plus phi with a head),
+        which also clears a restarted engine's refusal to generate. Every rank is asked (ZeRO-3
+        gathers need them all); rank 0's copy is sent."""
         import ray
 
+        engines = self.rollout if engines is None else engines
+        full = which == "full"
+        if full:
+            which = "all" if self.run.meta.name == "introllm" else "theta"
         weights = [lr.get_weights.remote(which) for lr in self.learners][0]
-        return ray.get([a.load_weights.remote(weights) for a in self.rollout])
+        return ray.get([(a.load_all_weights if full else a.load_weights).remote(weights)
+                        for a in engines])
 
     # ------------------------------------------------------------------ evaluation
 
@@ -316,7 +324,7 @@ class Trainer:
                  for r, lr in enumerate(self.learners)])
         torch.save({"meta": ray.get(self.meta.state_dict.remote()), "step": step + 1,
                     "sampler": self.sampler.state_dict(), "rng": torch.get_rng_state(),
-                    "wandb_id": getattr(self, "wandb_id", None), "config": asdict(self.run)},
+                    "wandb_id": self.wandb_id, "config": asdict(self.run)},
                    tmp / "driver.pt")
         (tmp / "COMPLETE").write_text(json.dumps({"step": step + 1}))
         os.replace(tmp, final)
@@ -339,7 +347,7 @@ class Trainer:
         self.sampler.load_state_dict(driver["sampler"])
         torch.set_rng_state(driver["rng"])
         self.start_step = int(driver["step"])
-        self.sync_weights("all" if self.run.meta.name == "introllm" else "theta")
+        self.sync_weights("full")
         print(f"resumed from {ckpt} at step {self.start_step} (data epoch "
               f"{self.sampler.epoch}, position {self.sampler.pos})")
 
@@ -360,7 +368,6 @@ class Trainer:
 
             base = logged_base_eval(logger.path)
         bar = tqdm(range(self.start_step, total), desc="train", disable=None, leave=False)
-        self._nonfinite_streak = 0
         for step in bar:
             metrics = self._guarded_step(step)
             self._check_nonfinite(step, metrics)

@@ -166,11 +166,14 @@ def test_nonfinite_updates_are_counted_and_a_streak_stops_the_run(tmp_path):
     assert "trainer.resume=auto" in message and "learner.lr" in message
 
 
-def _descendants_named(pid: int, needle: str) -> list[int]:
+def kill_actor(proc, name: str) -> None:
+    """SIGKILL the one process of the run's actor class `name` (e.g. 'LearnerWorker')."""
     import psutil
 
-    return [p.pid for p in psutil.Process(pid).children(recursive=True)
-            if needle in " ".join(p.cmdline())]
+    found = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+             if name in " ".join(p.cmdline())]
+    assert len(found) == 1, (name, found)
+    os.kill(found[0], signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -178,9 +181,7 @@ def test_a_dead_learner_rank_stops_the_run_by_name_and_it_resumes(tmp_path, tiny
     run_dir = tmp_path / "run"
     proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=40", "meta=fixed")
     wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
-    learners = _descendants_named(proc.pid, "LearnerWorker")
-    assert len(learners) == 1, learners
-    os.kill(learners[0], signal.SIGKILL)
+    kill_actor(proc, "LearnerWorker")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out[-3000:]
     assert "run stopped: learner rank 0 died during step" in out
@@ -201,13 +202,9 @@ def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, 
     run_dir = tmp_path / "run"
     proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=8", "meta=fixed")
     wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
-    engines = _descendants_named(proc.pid, "RolloutWorker")
-    assert len(engines) == 1, engines
-    os.kill(engines[0], signal.SIGKILL)
+    kill_actor(proc, "RolloutWorker")
     wait_for(run_dir / "checkpoints" / "step_000005" / "COMPLETE", proc)
-    scorers = _descendants_named(proc.pid, "RewardWorker")
-    assert len(scorers) == 1, scorers
-    os.kill(scorers[0], signal.SIGKILL)  # stateless: Ray restarts it and retries its task
+    kill_actor(proc, "RewardWorker")  # stateless: Ray restarts it and retries its task
     out = finish(proc)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = sane_steps(rows, steps=8, max_new_tokens=32)  # each step once; engine == learner
