@@ -159,6 +159,9 @@ class LearnerConfig:
     entropy_coef: float = 0.0
     logprob_chunk: int = 1024
     """tokens per chunk when computing log-probs over the vocabulary"""
+    logprob_impl: str = "auto"
+    """auto | torch | triton: triton = one pass over the logits for every tempered log-prob,
+    entropy and TAMPO l_k (learner.fused_logprobs); auto = triton on CUDA when installed"""
     skip_zero_adv: bool = True
     """drop zero-advantage responses (groups whose rewards are all equal) from the learner batch:
     they carry no policy gradient, only cost (DAPO's filter without re-sampling) (our default)"""
@@ -173,6 +176,9 @@ class LearnerConfig:
                  "set e.g. learner.clip_low=0.2")
         _require(self.clip_high >= 0, "learner.clip_high", self.clip_high, "must be >= 0",
                  "set e.g. learner.clip_high=0.28")
+        _require(self.logprob_impl in ("auto", "torch", "triton"), "learner.logprob_impl",
+                 self.logprob_impl, "must be auto, torch or triton",
+                 "set learner.logprob_impl=auto (triton on CUDA, torch on CPU)")
         modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
         _require(self.loss_agg in modes, "learner.loss_agg", self.loss_agg,
                  f"must be one of {modes}", "set e.g. learner.loss_agg=token-mean")

@@ -12,6 +12,11 @@ B*T rows and walk over them `chunk_size` rows at a time, so the largest temporar
 Also TAMPO's candidate log-likelihoods l_k (ALGORITHMS.md §3, step 2), computed from the same
 logits as the old-log-prob pass with the same per-chunk primitive.
 
+Two implementations (`impl`): "torch", the chunked reference above (the CPU path), and
+"triton", `learner.fused_logprobs`: one pass over the logits for every temperature at once (the
+GPU path; tested against the reference on CPU through Triton's interpreter). "auto" picks triton
+for CUDA logits when triton is installed, torch otherwise.
+
 Dimension vocabulary: B responses, T response tokens, V vocab, K candidate temperatures.
 """
 
@@ -20,11 +25,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from learner import fused_logprobs
+
+IMPLS = ("auto", "torch", "triton")
+
 DEFAULT_CHUNK = 512  # (our default) rows per chunk: one (512, 151936) fp32 temporary = 311 MB
 
 
 def _compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def resolve_impl(impl: str, logits: Tensor) -> str:
+    """"auto" -> "triton" for CUDA logits with triton installed, else "torch"."""
+    if impl not in IMPLS:
+        raise ValueError(f"logprob impl {impl!r} is not one of {IMPLS}; set learner.logprob_impl")
+    if impl == "auto":
+        return "triton" if logits.is_cuda and fused_logprobs.available() else "torch"
+    return impl
 
 
 def _tempered_log_softmax(chunk: Tensor, tau: Tensor | float | None) -> Tensor:
@@ -58,7 +76,8 @@ def _flatten(logits: Tensor, response_mask: Tensor | None, tokens: Tensor | None
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, tau: Tensor | float | None,
-                   chunk_size: int = DEFAULT_CHUNK, response_mask: Tensor | None = None) -> Tensor:
+                   chunk_size: int = DEFAULT_CHUNK, response_mask: Tensor | None = None,
+                   impl: str = "torch") -> Tensor:
     """(B, T) log_softmax(logits / tau)[tokens], differentiable in `logits`.
 
     logits (B, T, V) untempered; tokens (B, T) long; tau (B, T) per-token temperature, or a float
@@ -68,6 +87,10 @@ def token_logprobs(logits: Tensor, tokens: Tensor, tau: Tensor | float | None,
     B, T, _ = logits.shape
     tau_t = tau.expand(B, T) if isinstance(tau, Tensor) else None
     flat, flat_tokens, flat_tau = _flatten(logits, response_mask, tokens, tau_t)
+    if resolve_impl(impl, logits) == "triton":
+        if flat_tau is None:
+            flat_tau = torch.full((B * T,), 1.0 if tau is None else float(tau), device=logits.device)
+        return fused_logprobs.TemperedLogprob.apply(flat, flat_tokens, flat_tau.detach()).view(B, T)
     out = []
     for start in range(0, flat.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
@@ -115,6 +138,44 @@ def tampo_loglik(logits: Tensor, tokens: Tensor, response_mask: Tensor,
         sl = slice(start, start + chunk_size)
         for k, temp in enumerate(cands):
             ll[sl, k] = _tempered_logprob(flat[sl], flat_tokens[sl], temp).to(torch.float64)
-    ll = torch.where(mask[:, None], ll, torch.zeros_like(ll)).view(B, T, -1)  # (B, T, K)
-    lengths = response_mask.reshape(B, T).to(torch.float64).sum(-1).clamp_min(1)  # (B,)
+    return _response_mean(ll.view(B, T, -1), response_mask)
+
+
+def _response_mean(ll: Tensor, response_mask: Tensor) -> Tensor:
+    """(B, K) mean over each response's counted tokens of ll (B, T, K); 0 for an empty response."""
+    mask = response_mask.bool()[..., None]
+    ll = torch.where(mask, ll.to(torch.float64), torch.zeros((), dtype=torch.float64, device=ll.device))
+    lengths = response_mask.to(torch.float64).sum(-1).clamp_min(1)  # (B,)
     return (ll.sum(1) / lengths[:, None]).to(torch.float32)
+
+
+@torch.no_grad()
+def old_pass_stats(logits: Tensor, tokens: Tensor, tau: Tensor, response_mask: Tensor,
+                   candidates: Tensor | tuple[float, ...] | None = None,
+                   chunk_size: int = DEFAULT_CHUNK, impl: str = "torch") -> dict[str, Tensor]:
+    """Everything the no-grad old-log-prob pass takes from one micro-batch's logits (B, T, V):
+
+    old_logp (B, T) log_softmax(z / tau)[y], entropy (B, T) of softmax(z / tau),
+    entropy_untempered (B, T) of softmax(z), and loglik (B, K) TAMPO's l_k when `candidates`
+    are given. impl "triton" reads the logits once for all of them (columns 1/tau, 1, 1/T_k of
+    `fused_logprobs.tempered_stats`); "torch" is the chunked reference, one pass per quantity.
+    """
+    B, T, _ = logits.shape
+    if resolve_impl(impl, logits) == "torch":
+        out = {"old_logp": token_logprobs(logits, tokens, tau, chunk_size, response_mask),
+               "entropy": token_entropy(logits, tau, chunk_size, response_mask),
+               "entropy_untempered": token_entropy(logits, None, chunk_size, response_mask)}
+        if candidates is not None:
+            out["loglik"] = tampo_loglik(logits, tokens, response_mask, candidates, chunk_size)
+        return out
+    flat, flat_tokens, flat_tau = _flatten(logits, response_mask, tokens, tau.expand(B, T))
+    cols = [1.0 / flat_tau.to(torch.float32), torch.ones_like(flat_tau, dtype=torch.float32)]
+    if candidates is not None:
+        cands = torch.as_tensor(candidates, dtype=torch.float32, device=logits.device)
+        cols += list((1.0 / cands)[None, :].expand(B * T, -1).unbind(1))
+    logp, ent, _ = fused_logprobs.tempered_stats(flat, flat_tokens, torch.stack(cols, 1))
+    out = {"old_logp": logp[:, 0].view(B, T), "entropy": ent[:, 0].view(B, T),
+           "entropy_untempered": ent[:, 1].view(B, T)}
+    if candidates is not None:
+        out["loglik"] = _response_mean(logp[:, 2:].view(B, T, -1), response_mask)
+    return out

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from launch.config import LearnerConfig, PhiTrainingConfig
 from learner import ds_utils
 from learner.core_algos import masked_mean, phi_policy_loss, policy_loss
-from learner.logprobs import tampo_loglik, token_entropy, token_logprobs
+from learner.logprobs import old_pass_stats, token_entropy, token_logprobs
 from meta.introllm import TemperatureHead
 from rollout.trajectory import TrajectoryBatch
 
@@ -183,7 +183,7 @@ class LearnerWorker:
         """
         B, T = batch.response_ids.shape
         self._check_equal_slices(B)
-        chunk = self.cfg.logprob_chunk
+        chunk, impl = self.cfg.logprob_chunk, self.cfg.logprob_impl
         names = ["old_logp", "entropy", "entropy_untempered"] + (["ref_logp"] if self.ref else [])
         out = {k: torch.zeros(B, T) for k in names}
         if candidates is not None:
@@ -192,14 +192,13 @@ class LearnerWorker:
             m = self._micro(batch, rows)
             tau, mask = m.take(batch.tau, self.device), m.resp_mask
             logits = self._logits(self.theta, m)  # (b, t, V)
-            vals = {"old_logp": token_logprobs(logits, m.tokens, tau, chunk, mask),
-                    "entropy": token_entropy(logits, tau, chunk, mask),
-                    "entropy_untempered": token_entropy(logits, None, chunk, mask)}
+            vals = old_pass_stats(logits, m.tokens, tau, mask, candidates, chunk, impl)
             if candidates is not None:
-                out["loglik"][rows] = tampo_loglik(logits, m.tokens, mask, candidates, chunk).cpu()
+                out["loglik"][rows] = vals.pop("loglik").cpu()
             del logits
             if self.ref is not None:
-                vals["ref_logp"] = token_logprobs(self._logits(self.ref, m), m.tokens, tau, chunk, mask)
+                vals["ref_logp"] = token_logprobs(self._logits(self.ref, m), m.tokens, tau, chunk,
+                                                  mask, impl)
             for k, v in vals.items():
                 out[k][rows, : m.t] = torch.where(mask, v, torch.zeros_like(v)).float().cpu()
         return out
@@ -286,7 +285,7 @@ class LearnerWorker:
         def loss_fn(m: _Micro, denominator: float, max_len: int):
             tau, mask = m.take(batch.tau, dev), m.resp_mask
             logits = self._logits(self.theta, m)  # (b, t, V)
-            logp = token_logprobs(logits, m.tokens, tau, chunk, mask)
+            logp = token_logprobs(logits, m.tokens, tau, chunk, mask, cfg.logprob_impl)
             ent = token_entropy(logits, tau, chunk, mask) if cfg.entropy_coef > 0 else None
             loss, stats = policy_loss(
                 logp, m.take(old["old_logp"], dev), m.take(batch.advantages, dev), mask,
