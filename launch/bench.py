@@ -3,6 +3,7 @@ and a results table, and writes everything as JSON with ``--out FILE``.
 
     python -m launch.bench rollout                         # embedded model, vLLM + transformers
     python -m launch.bench learner                         # theta vs phi step, TAMPO l_k share
+    python -m launch.bench trl                             # s/step: this system vs TRL GRPOTrainer
     python -m launch.bench rollout --engines hf --reps 3 --prompts 16 --out bench.json
 
 ``rollout``: tokens/s of the rollout engines on the same requests (P prompts x G responses):
@@ -567,7 +568,9 @@ def bench_learner(args) -> dict:
 
 # ----------------------------------------------------------------------------- entry point
 
-SUBCOMMANDS = (add_rollout_parser, add_learner_parser)
+from launch.bench_trl import add_trl_parser  # noqa: E402 - after the helpers it imports lazily
+
+SUBCOMMANDS = (add_rollout_parser, add_learner_parser, add_trl_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

