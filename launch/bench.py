@@ -4,6 +4,7 @@ and a results table, and writes everything as JSON with ``--out FILE``.
     python -m launch.bench rollout                         # embedded model, vLLM + transformers
     python -m launch.bench learner                         # theta vs phi step, TAMPO l_k share
     python -m launch.bench trl                             # s/step: this system vs TRL GRPOTrainer
+    python -m launch.bench gpu --out results/gpu.json      # GPU sizes: MFU, head, bf16, l_k
     python -m launch.bench rollout --engines hf --reps 3 --prompts 16 --out bench.json
 
 ``rollout``: tokens/s of the rollout engines on the same requests (P prompts x G responses):
@@ -568,9 +569,10 @@ def bench_learner(args) -> dict:
 
 # ----------------------------------------------------------------------------- entry point
 
-from launch.bench_trl import add_trl_parser  # noqa: E402 - after the helpers it imports lazily
+from launch.bench_gpu import add_gpu_parser  # noqa: E402 - after the helpers they import lazily
+from launch.bench_trl import add_trl_parser  # noqa: E402
 
-SUBCOMMANDS = (add_rollout_parser, add_learner_parser, add_trl_parser)
+SUBCOMMANDS = (add_rollout_parser, add_learner_parser, add_trl_parser, add_gpu_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
