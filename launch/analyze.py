@@ -14,6 +14,10 @@ Plots (IntroLLM's and TAMPO's figures, for any strategy):
 - ``tau_over_steps``: τ mean/min/max per step, overall and per level
 - ``tampo_pi``: TAMPO's π(T_k) per step as a heatmap, with the chosen T_s
 - ``tau_entropy``: correlation of τ with the untempered entropy per step (learner's old pass)
+- ``tau_entropy_scatter``: τ against the entropy of the untempered distribution, token by token,
+  for the last dumped step that has a checkpoint: checkpoint ``step_N`` holds θ after N updates,
+  the weights that generated dump ``step_N``, so the entropies are recomputed exactly (up to
+  ``SCATTER_RESPONSES`` responses, with the run's own model folder and prompts)
 - ``curves``: training reward and held-out Avg@k
 """
 
@@ -26,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 MIN_COUNT = 20  # occurrences a token needs to enter the highest-τ ranking
+SCATTER_RESPONSES = 128  # responses of one dump whose per-token entropies are recomputed
 
 
 def load_metrics(run_dir: Path) -> list[dict]:
@@ -85,6 +90,67 @@ def example_response(dumps: list[dict]) -> dict | None:
     top = max(int(r["level"]) for r in good)
     pool = sorted((r for r in good if int(r["level"]) == top), key=lambda r: len(r["tau"]))
     return pool[len(pool) // 2]
+
+
+def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
+    """(step, [(untempered entropy, τ)] per token) of the last dump with a matching checkpoint.
+
+    Returns (None, why) when there is none, or τ does not vary within the step.
+    """
+    from launch.checkpoint import complete_checkpoints
+
+    run_dir = Path(run_dir)
+    steps = [int(c.name.split("_")[1]) for c in complete_checkpoints(run_dir)]
+    steps = [n for n in steps if (run_dir / "rollouts" / f"step_{n:06d}.jsonl").exists()]
+    if not steps:
+        return None, "no dumped step has a checkpoint (needs trainer.dump_every to divide save_every)"
+    step = max(steps)
+    rows = [json.loads(x) for x in (run_dir / "rollouts" / f"step_{step:06d}.jsonl").read_text()
+            .splitlines() if x.strip()][:max_responses]
+    if len({t for r in rows for t in r["tau"]}) < 2:
+        return None, "τ is constant within each step (scalar strategy)"
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data.prompts import render_prompt
+    from launch.config import validate
+    from launch.evaluate import checkpoint_weights
+    from launch.pipeline import load_data, resolve_model_path
+    from learner.logprobs import token_entropy
+
+    run = validate(OmegaConf.load(run_dir / "resolved_config.yaml"))
+    model_path = resolve_model_path(run)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    weights, _ = checkpoint_weights(run_dir / "checkpoints" / f"step_{step:06d}")
+    theta = {k: v for k, v in weights.items() if not k.startswith("temperature_head.")}
+    missing, _ = model.load_state_dict(theta, strict=False)
+    if missing:
+        return None, f"checkpoint step_{step:06d} lacks {len(missing)} model weights ({missing[0]}, ...)"
+    problems = {p.id: p for p in load_data(run)[0]}
+    pairs = []
+    with torch.no_grad():
+        for r in rows:
+            if r["problem_id"] not in problems or not r["token_ids"]:
+                continue
+            prompt = tok(render_prompt(problems[r["problem_id"]], tok, run.data.prompt_template,
+                                       run.data.instruction))["input_ids"][-run.rollout.max_prompt_tokens:]
+            ids = torch.tensor([prompt + r["token_ids"][:-1]])
+            logits = model(input_ids=ids, logits_to_keep=len(r["token_ids"])).logits  # (1, t, V)
+            ent = token_entropy(logits)[0].tolist()
+            pairs += list(zip(ent, r["tau"]))
+    return step, pairs
+
+
+def pearson(pairs: list[tuple[float, float]]) -> float:
+    n = len(pairs)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(x for x, _ in pairs) / n, sum(y for _, y in pairs) / n
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x, _ in pairs), sum((y - my) ** 2 for _, y in pairs)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
 def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -201,6 +267,20 @@ def make_plots(run_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
         save(fig, "tau_entropy")
     else:
         skipped["tau_entropy"] = "τ is constant within each step (scalar strategy)"
+
+    try:
+        step, pairs = entropy_pairs(run_dir)
+    except Exception as err:  # noqa: BLE001 - one optional plot; the report says why it is missing
+        step, pairs = None, f"could not recompute the entropies: {type(err).__name__}: {err}"
+    if step is None:
+        skipped["tau_entropy_scatter"] = pairs
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.scatter([x for x, _ in pairs], [y for _, y in pairs], s=3, alpha=0.3)
+        ax.set(xlabel="entropy of softmax(z) (nats)", ylabel="τ",
+               title=f"τ vs untempered entropy, step {step}\n"
+                     f"{len(pairs)} tokens, Pearson r = {pearson(pairs):.2f}")
+        save(fig, "tau_entropy_scatter")
 
     rx, ry = series(metrics, "critic/score/mean")
     if rx:

@@ -52,6 +52,25 @@ def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, over
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
+def test_tau_entropy_scatter_recomputes_the_learners_entropies(tmp_path, tiny_model_dir):
+    """The analysis's per-token entropies (checkpoint step_1's theta on dump step_1's tokens)
+    are the ones the learner computed in its old pass of that step: same token mean, same
+    correlation with tau (all rows reach the learner with skip_zero_adv=false)."""
+    from launch.analyze import entropy_pairs, pearson
+
+    _, rows = run_smoke(tmp_path, tiny_model_dir, "rollout=hf", "trainer.save_every=1",
+                        "learner.skip_zero_adv=false")
+    step, pairs = entropy_pairs(tmp_path)
+    assert step == 1 and len(pairs) == sum(
+        len(json.loads(x)["tau"]) for x in (tmp_path / "rollouts" / "step_000001.jsonl").read_text().splitlines())
+    learner = next(r for r in rows if r["step"] == 2)  # step index 1 is logged as step 2 (theta)
+    mean = sum(e for e, _ in pairs) / len(pairs)
+    assert abs(mean - learner["actor/entropy_untempered"]) < 1e-4
+    assert abs(pearson(pairs) - learner["tau/entropy_corr"]) < 1e-4
+    assert (tmp_path / "plots" / "tau_entropy_scatter.png").exists()
+    assert "](plots/tau_entropy_scatter.png)" in (tmp_path / "report.md").read_text()
+
+
 def test_evaluate_a_checkpoint_reproduces_the_runs_final_evaluation(tmp_path, tiny_model_dir):
     """launch.evaluate on the last checkpoint, same seeds: exactly the run's own final numbers
     (so the checkpoint holds theta and phi, and the entry point decodes like the trainer)."""
