@@ -223,6 +223,12 @@ def print_block(title: str, items: dict) -> None:
         print(f"  {k:<22} {v}")
 
 
+def print_tables(*tables: "Table") -> None:
+    for table in tables:
+        print()
+        print(table.render())
+
+
 def write_json(path: str | None, result: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -559,10 +565,7 @@ def bench_learner(args) -> dict:
     out = Table(["ratio (median seconds)", "value", "target"], title="ratios")
     out.add("TAMPO l_k (K=%d) / theta step" % k, f"{100 * ratios['l_k / theta step']:.1f} %", "<= 5 %")
     out.add("phi step / theta step", f"{100 * ratios['phi step / theta step']:.1f} %", "well under 50 %")
-    print()
-    print(table.render())
-    print()
-    print(out.render())
+    print_tables(table, out)
     return {"benchmark": "learner", "machine": machine, "settings": settings,
             "median_seconds": med, "ratios": ratios, "samples": samples}
 

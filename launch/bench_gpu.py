@@ -264,7 +264,7 @@ def bench_lk(args, device, timed) -> dict:
 def bench_gpu(args) -> dict:
     import torch
 
-    from launch.bench import Table, machine_info, print_block
+    from launch.bench import Table, machine_info, print_block, print_tables
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and not args.tiny:
@@ -296,15 +296,14 @@ def bench_gpu(args) -> dict:
                   pct(r["theta"]["mfu"]), f"{r['phi']['tokens_per_s']:,.0f}", pct(r["phi"]["mfu"]),
                   pct(r["phi_over_theta"]), f"+{pct(r['decode']['head_overhead'])}",
                   f"{r['bf16_error']['bf16_logits_fp32_math']['max_abs']:.4f}")
-    print()
-    print(table.render())
+    tables = [table]
     if lk:
         t2 = Table(["TAMPO l_k", "seconds", "of a theta step"],
                    title=f"l_k, K={lk['candidates']}, {lk['tokens']} tokens, {lk['size']}")
         for key in ("torch_chunked", "one_pass"):
             if key in lk:
                 t2.add(key, f"{lk[key]['s']:.4f}", pct(lk[key]["fraction_of_theta_step"]))
-        print()
-        print(t2.render())
+        tables.append(t2)
+    print_tables(*tables)
     return {"benchmark": "gpu", "machine": machine, "settings": settings, "sizes": results,
             "tampo_lk": lk}

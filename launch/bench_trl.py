@@ -190,7 +190,8 @@ def bench_trl(args) -> dict:
         raise SystemExit("python -m launch.bench trl needs TRL: pip install -e '.[bench]'") from None
     import torch
 
-    from launch.bench import (Arm, Table, interleaved, machine_info, print_block, summarize)
+    from launch.bench import (Arm, Table, interleaved, machine_info, print_block, print_tables,
+                              summarize)
     from launch.pipeline import load_data, resolve_model_path
     from launch.trainer import Trainer
 
@@ -245,10 +246,7 @@ def bench_trl(args) -> dict:
     ratio = med["TRL GRPOTrainer"] / med["ours"]
     ratios = Table(["ratio (median s/step)", "value", "target"], title="ratios")
     ratios.add("TRL / ours", f"{ratio:.2f}x", ">= 2x")
-    print()
-    print(table.render())
-    print()
-    print(ratios.render())
+    print_tables(table, ratios)
     return {"benchmark": "trl", "machine": machine, "settings": settings,
             "steps": {"ours": next(step_no), "trl": trl_trainer.state.global_step},
             "median_seconds": med, "ratios": {"trl / ours": ratio}, "samples": samples}
