@@ -132,7 +132,6 @@ def tampo_loglik(logits: Tensor, tokens: Tensor, response_mask: Tensor,
     B, T, _ = logits.shape
     cands = torch.as_tensor(candidates, dtype=torch.float64).tolist()  # K python floats
     flat, flat_tokens, _ = _flatten(logits, response_mask, tokens)
-    mask = response_mask.reshape(-1).bool()  # (B*T,)
     ll = torch.zeros(flat.shape[0], len(cands), dtype=torch.float64, device=logits.device)  # (B*T, K)
     for start in range(0, flat.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
@@ -169,11 +168,11 @@ def old_pass_stats(logits: Tensor, tokens: Tensor, tau: Tensor, response_mask: T
             out["loglik"] = tampo_loglik(logits, tokens, response_mask, candidates, chunk_size)
         return out
     flat, flat_tokens, flat_tau = _flatten(logits, response_mask, tokens, tau.expand(B, T))
-    cols = [1.0 / flat_tau.to(torch.float32), torch.ones_like(flat_tau, dtype=torch.float32)]
-    if candidates is not None:
+    inv = [1.0 / flat_tau.to(torch.float32)[:, None], torch.ones(B * T, 1, device=logits.device)]
+    if candidates is not None:  # (B*T, K) the same 1/T_k on every row
         cands = torch.as_tensor(candidates, dtype=torch.float32, device=logits.device)
-        cols += list((1.0 / cands)[None, :].expand(B * T, -1).unbind(1))
-    logp, ent, _ = fused_logprobs.tempered_stats(flat, flat_tokens, torch.stack(cols, 1))
+        inv.append((1.0 / cands)[None, :].expand(B * T, -1))
+    logp, ent, _ = fused_logprobs.tempered_stats(flat, flat_tokens, torch.cat(inv, 1))
     out = {"old_logp": logp[:, 0].view(B, T), "entropy": ent[:, 0].view(B, T),
            "entropy_untempered": ent[:, 1].view(B, T)}
     if candidates is not None:
