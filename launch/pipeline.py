@@ -37,6 +37,16 @@ def resolve_model_path(run: RunConfig) -> Path:
     return path
 
 
+def check_learner_device(run: RunConfig) -> None:
+    """learner.logprob_impl=triton compiles its kernels for CUDA: refuse it on a CPU run."""
+    from launch.trainer import known_cpu_only
+
+    if run.learner.logprob_impl == "triton" and known_cpu_only(run):
+        raise ConfigError(f"learner.logprob_impl (triton) runs its kernels on CUDA, but this run's "
+                          f"learners are on CPUs (cluster.device={run.cluster.device}, no CUDA "
+                          f"here); set learner.logprob_impl=auto (triton on CUDA, torch on CPU)")
+
+
 def load_data(run: RunConfig):
     """(train problems, held-out problems) as configured."""
     from data.loaders import DataError, load_problems
@@ -98,6 +108,7 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.time()
+    check_learner_device(run)
     model_path = resolve_model_path(run)
     train, heldout = load_data(run)
     print(f"model {model_path}; {len(train)} train / {len(heldout)} held-out problems; "

@@ -463,6 +463,11 @@ def _device_env(run: RunConfig) -> dict[str, str]:
     the learner sets DS_ACCELERATOR=cpu itself when its process has no CUDA."""
     if run.cluster.device == "cpu":
         return {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    if run.cluster.device == "auto" and not run.cluster.address and not torch.cuda.is_available():
-        return {"DS_ACCELERATOR": "cpu"}
-    return {}
+    return {"DS_ACCELERATOR": "cpu"} if known_cpu_only(run) else {}
+
+
+def known_cpu_only(run: RunConfig) -> bool:
+    """True when the actors surely run on CPUs: cluster.device=cpu, or auto on a local cluster of
+    a machine without CUDA (a joined cluster's kind is unknown here)."""
+    return run.cluster.device == "cpu" or (run.cluster.device == "auto" and not run.cluster.address
+                                           and not torch.cuda.is_available())

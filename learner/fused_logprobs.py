@@ -123,7 +123,7 @@ def tempered_stats(logits: Tensor, tokens: Tensor, inv_temps: Tensor) -> "tuple[
     _check(logits)
     block_v, block_k = _block_sizes(V, K)
     _stats_kernel[(N,)](logits, logits.stride(0), tokens, inv, inv.stride(0), *out, V, K,
-                BLOCK_V=block_v, BLOCK_K=block_k)
+                        BLOCK_V=block_v, BLOCK_K=block_k, num_warps=8)  # (BK x BV) tile: 32/thread
     return tuple(out)
 
 

@@ -225,3 +225,12 @@ def test_a_model_folder_that_is_not_a_model_is_refused_before_anything_starts(tm
     with pytest.raises(ConfigError, match=needle) as err:
         resolve_model_path(compose_run("model=local", f"model.path={folder}"))
     assert "model.path" in str(err.value)
+
+
+def test_triton_log_probs_on_cpu_learners_are_refused_before_anything_starts():
+    from launch.pipeline import check_learner_device
+
+    with pytest.raises(ConfigError, match="learner.logprob_impl=auto") as err:
+        check_learner_device(compose_run("learner.logprob_impl=triton", "cluster.device=cpu"))
+    assert "learner.logprob_impl (triton)" in str(err.value)
+    check_learner_device(compose_run("learner.logprob_impl=auto", "cluster.device=cpu"))  # fine
