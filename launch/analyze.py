@@ -16,8 +16,9 @@ Plots (IntroLLM's and TAMPO's figures, for any strategy):
 - ``tau_entropy``: correlation of τ with the untempered entropy per step (learner's old pass)
 - ``tau_entropy_scatter``: τ against the entropy of the untempered distribution, token by token,
   for the last dumped step that has a checkpoint: checkpoint ``step_N`` holds θ after N updates,
-  the weights that generated dump ``step_N``, so the entropies are recomputed exactly (up to
-  ``SCATTER_RESPONSES`` responses, with the run's own model folder and prompts)
+  the weights that generated dump ``step_N``, so the entropies are recomputed exactly (in fp32:
+  approximately for a bf16 run; up to ``SCATTER_RESPONSES`` responses, with the run's own model
+  folder and prompts)
 - ``curves``: training reward and held-out Avg@k
 """
 

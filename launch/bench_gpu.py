@@ -15,10 +15,11 @@ Per size, in bf16 (AdamW, fused on CUDA), on ``--batch`` x ``--seq`` tokens:
   L layers, d width, S sequence length: causal attention), peak = ``--peak-tflops`` (default by
   device name: H100/H200 989 dense bf16);
 * phi step: the frozen backbone's no-grad forward for h_t, then the temperature head's forward,
-  log pi_phi, backward and step (MFU counts 2 N T + the head's 6 N_head T);
+  log pi_phi, backward and step (MFU counts 2 N' T without the lm_head + the head's 6 N_head T);
 * the head per decode step: one decode step of ``--decode-batch`` sequences with a KV cache of
-  ``--decode-context`` tokens, sampled at a fixed temperature vs with the IntroLLM head (its
-  forward on h_t, gate and Beta draws, logits / tau per row);
+  ``--decode-context`` tokens, sampled at a fixed temperature vs with the IntroLLM head
+  (``IntroLLM.select``, the code the engines run: its forward on h_t, gate and Beta draws,
+  log pi_phi, then logits / tau per row), interleaved;
 * bf16 numerics: per-token-temperature log-probs of the same tokens from the bf16 model (fp32
   maths over bf16 logits, our path; and all-bf16 maths, for contrast) against the fp32 model.
 
@@ -103,10 +104,14 @@ def _median(xs: list[float]) -> float:
 
 
 def model_flops_per_token(model, seq: int, train: bool) -> float:
+    """theta step (train): forward + backward of the whole model, 6 N + 6 L d S per token;
+    phi step: the backbone's forward only (no lm_head), 2 N' + 2 L d S."""
     cfg = model.config
     n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     attn = cfg.num_hidden_layers * cfg.hidden_size * seq  # causal: half of 2 L d S per pass
-    return (6 * n + 6 * attn) if train else (2 * n + 2 * attn)
+    if train:
+        return 6 * n + 6 * attn
+    return 2 * (n - model.get_output_embeddings().weight.numel()) + 2 * attn
 
 
 def bench_size(size: str, args, device, timed, peak: float | None) -> dict:
@@ -168,30 +173,40 @@ def bench_decode(model, head, args, device, timed, g) -> dict:
     """One decode step (a token for each of D sequences with a KV cache) with and without the head."""
     import torch
 
+    from meta.base import RowContext
+    from meta.introllm import IntroLLM
+
     D, C, V = args.decode_batch, args.decode_context, model.config.vocab_size
+    strategy = IntroLLM(model.config.hidden_size)
+    strategy.head.load_state_dict(head.state_dict())
+    strategy.head.to(device)
     ids = torch.randint(0, V, (D, C), generator=g).to(device)
     with torch.no_grad():
-        past = model(input_ids=ids, use_cache=True).past_key_values
+        past = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
     nxt = torch.randint(0, V, (D, 1), generator=g).to(device)
     pos = torch.full((D, 1), C, device=device)
+    ones = torch.ones(D, device=device)
+    rng = torch.Generator(device=device).manual_seed(args.seed)
 
     @torch.no_grad()
     def step(with_head: bool):
         out = model(input_ids=nxt, past_key_values=past, position_ids=pos, use_cache=True,
-                    output_hidden_states=with_head)
+                    output_hidden_states=True)  # both arms: the same forward
         past.crop(-1)  # every repetition decodes position C again
         logits = out.logits[:, -1].float()
         if with_head:
-            gate_logit, alpha, beta = head.distribution_params(out.hidden_states[-1][:, -1])
-            on = torch.bernoulli(torch.sigmoid(gate_logit))
-            zz = torch._standard_gamma(alpha)
-            zz = zz / (zz + torch._standard_gamma(beta))
-            tau = torch.where(on > 0, 0.1 + 1.4 * zz, torch.ones_like(zz))
-            logits = logits / tau[:, None]
-        return torch.multinomial(torch.softmax(logits, -1), 1)
+            ctx = RowContext(positions=pos[:, 0], prev_tau=ones, base_tau=ones, step=0,
+                             hidden=out.hidden_states[-1][:, -1], generator=rng)
+            logits = logits / strategy.select(ctx).tau[:, None]
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=rng)
 
-    fixed = _median(timed(lambda: step(False), args.reps * 4, args.warmup))
-    learned = _median(timed(lambda: step(True), args.reps * 4, args.warmup))
+    times = {False: [], True: []}
+    for _ in range(args.warmup):
+        step(False), step(True)
+    for r in range(args.reps * 4):  # A B, B A, ...: drift hits both arms alike
+        for arm in ((False, True) if r % 2 == 0 else (True, False)):
+            times[arm] += timed(lambda: step(arm), 1, 0)
+    fixed, learned = _median(times[False]), _median(times[True])
     return {"batch": D, "context": C, "s_fixed": fixed, "s_head": learned,
             "head_overhead": learned / fixed - 1}
 
@@ -238,7 +253,8 @@ def bench_lk(args, device, timed) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=device.type == "cuda")
 
     def theta():
-        logp = token_logprobs(model(input_ids=ids[:, :-1], use_cache=False).logits, ids[:, 1:], tau)
+        logp = token_logprobs(model(input_ids=ids[:, :-1], use_cache=False).logits, ids[:, 1:], tau,
+                              impl="auto")  # as the main table's theta step
         (-logp.mean()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

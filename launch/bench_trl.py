@@ -5,7 +5,10 @@ the same model folder (the embedded tiny model by default), P prompts x G respon
 drawn from the same synthetic training problems, the same max new tokens, temperature 1.0 with no
 top-k/top-p, the same GRPO loss settings (clip 0.2 / 0.28, token-mean = TRL's "dapo", group
 std-normalised advantages, no KL, one optimizer step per batch, lr and micro-batch size), the same
-verifier (``reward.score.correctness``).
+verifier (``reward.score.correctness``), the same weights dtype. Our learner gets every response,
+like TRL's (``learner.skip_zero_adv=false``: the same loss and the same backward work);
+``--skip-zero-adv`` times our default instead, which drops zero-advantage responses before the
+learner (less work, and token-mean over the kept tokens only).
 
 * ours: ``Trainer.step`` of the real system (Ray actors: the rollout engine of the experiment,
   the reward actor, the DeepSpeed learner, weight sync), with ``+experiment=fixed`` unless
@@ -45,6 +48,8 @@ def add_trl_parser(sub) -> None:
     p.add_argument("--reps", type=int, default=5, help="counted steps per side")
     p.add_argument("--warmup", type=int, default=1, help="uncounted first steps per side (>= 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the TRL side")
+    p.add_argument("--skip-zero-adv", action="store_true",
+                   help="our default learner.skip_zero_adv=true (not the same work as TRL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="extra Hydra override for our side, repeatable (e.g. rollout=hf)")
@@ -62,6 +67,7 @@ def our_config(args, run_dir: str):
                  f"trainer.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
                  f"rollout.max_new_tokens={args.max_new_tokens}", f"learner.lr={args.lr}",
                  f"learner.micro_batch_size={args.micro_batch_size}", "trainer.dump_every=0",
+                 f"learner.skip_zero_adv={str(args.skip_zero_adv).lower()}",
                  f"trainer.total_steps={args.warmup + args.reps}",
                  *args.overrides]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -75,7 +81,7 @@ class PausedTRL:
     def __init__(self, trainer):
         from transformers import TrainerCallback
 
-        self.trainer, self.error = trainer, None
+        self.trainer, self.error, self.finished = trainer, None, False
         self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
         outer = self
 
@@ -94,13 +100,19 @@ class PausedTRL:
             self.trainer.train()
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self.error = err
+        self.finished = True
         self._done.release()
 
     def step(self) -> None:
+        if self.finished:
+            raise RuntimeError("TRL's GRPOTrainer stopped before the benchmark's steps were done "
+                               "(fewer training problems than one batch?); lower --reps")
         self._go.release()
         self._done.acquire()
         if self.error is not None:
             raise RuntimeError(f"TRL's GRPOTrainer failed: {self.error!r}") from self.error
+        if self.finished:
+            raise RuntimeError("TRL's GRPOTrainer ended without another optimizer step; lower --reps")
 
     def finish(self) -> None:
         self._go.release()
@@ -155,7 +167,8 @@ def build_trl(args, run, model_path: str, train, out_dir: str):
     n = args.prompts * args.group
     cfg = GRPOConfig(
         output_dir=out_dir, report_to=[], save_strategy="no", logging_steps=10**6,
-        disable_tqdm=True, use_cpu=True, bf16=False, fp16=False, seed=args.seed,
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=run.model.dtype == "bfloat16",
+        fp16=run.model.dtype == "float16", seed=args.seed,
         per_device_train_batch_size=args.micro_batch_size,
         gradient_accumulation_steps=max(1, n // args.micro_batch_size),
         num_generations=args.group, max_completion_length=args.max_new_tokens,
@@ -165,7 +178,7 @@ def build_trl(args, run, model_path: str, train, out_dir: str):
         scale_rewards="group" if ln.norm_adv_by_std else "none", num_iterations=1,
         max_steps=args.warmup + args.reps, dataloader_num_workers=0,
         dataloader_pin_memory=False)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, run.model.dtype))
     verifier.__name__ = "correctness"
     trainer = GRPOTrainer(model=model, reward_funcs=[verifier], args=cfg,
                           train_dataset=Dataset.from_list(rows), processing_class=tok)

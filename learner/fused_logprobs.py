@@ -23,6 +23,8 @@ run on CPU tensors through Triton's interpreter (how the CPU tests check them ag
 reference, in a subprocess). Maths in fp32, whatever the logits' dtype.
 """
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -96,6 +98,11 @@ def _check(logits: Tensor) -> None:
                            "learner.logprob_impl=torch")
 
 
+def _on(t: Tensor):
+    """Launch on the tensor's own GPU (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _block_sizes(V: int, K: int) -> tuple[int, int]:
     block_k = max(2, triton.next_power_of_2(K))
     block_v = min(max(128, 8192 // block_k), triton.next_power_of_2(V))  # (BK x BV) <= 8k floats
@@ -122,8 +129,9 @@ def tempered_stats(logits: Tensor, tokens: Tensor, inv_temps: Tensor) -> "tuple[
         return tuple(out)
     _check(logits)
     block_v, block_k = _block_sizes(V, K)
-    _stats_kernel[(N,)](logits, logits.stride(0), tokens, inv, inv.stride(0), *out, V, K,
-                        BLOCK_V=block_v, BLOCK_K=block_k, num_warps=8)  # (BK x BV) tile: 32/thread
+    with _on(logits):
+        _stats_kernel[(N,)](logits, logits.stride(0), tokens, inv, inv.stride(0), *out, V, K,
+                            BLOCK_V=block_v, BLOCK_K=block_k, num_warps=8)  # (BK x BV) tile
     return tuple(out)
 
 
@@ -146,7 +154,9 @@ class TemperedLogprob(torch.autograd.Function):
         dz = torch.empty(N, V, device=logits.device, dtype=logits.dtype)
         if N:
             block_v, _ = _block_sizes(V, 1)
-            _grad_kernel[(N,)](logits, logits.stride(0), tokens.to(torch.int64).contiguous(),
-                              inv.contiguous(), lse.contiguous(), grad.to(torch.float32).contiguous(),
-                              dz, dz.stride(0), V, BLOCK_V=min(block_v, 4096))
+            with _on(logits):
+                _grad_kernel[(N,)](logits, logits.stride(0), tokens.to(torch.int64).contiguous(),
+                                   inv.contiguous(), lse.contiguous(),
+                                   grad.to(torch.float32).contiguous(), dz, dz.stride(0), V,
+                                   BLOCK_V=min(block_v, 4096))
         return dz, None, None

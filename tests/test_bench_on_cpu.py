@@ -166,7 +166,9 @@ def test_trl_benchmark_runs_both_sides_step_for_step(tiny_model_dir, tmp_path, c
         assert len(result["samples"][side]) == 2
         assert all(0 < s["tokens"] <= 32 and s["gen_s"] > 0 for s in result["samples"][side])
     assert result["ratios"]["trl / ours"] > 0
-    assert json.loads(out.read_text())["settings"]["our_engine"] == "hf"
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["our_engine"] == "hf"
+    assert settings["our_skip_zero_adv"] is False  # every response reaches our learner, as TRL's
 
 
 def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(capsys):
