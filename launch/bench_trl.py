@@ -223,6 +223,9 @@ def bench_trl(args) -> dict:
         m = ours.step(next(step_no))
         gen, reward = m.get("rollout/gen_s", 0.0), m.get("timing_s/reward", 0.0)
         return {"tokens": int(m.get("rollout/gen_tokens", 0)), "gen_s": gen, "reward_s": reward,
+                "old_logp_s": m.get("timing_s/old_log_prob", 0.0),
+                "update_s": m.get("timing_s/update_actor", 0.0),
+                "weight_sync_s": m.get("timing_s/update_weights", 0.0),
                 "kept_frac": m.get("actor/kept_frac", 1.0)}
 
     def run_trl(_):
