@@ -47,7 +47,8 @@ def load_dumps(run_dir: Path, from_step: int = 0) -> list[dict]:
     return rows
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     m = sum(xs) / len(xs)
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1))
 
@@ -60,7 +61,7 @@ def tau_by_level(dumps: list[dict]) -> dict[int, tuple[float, float, int]]:
     by: dict[int, list[float]] = defaultdict(list)
     for r in dumps:
         by[int(r["level"])] += r["tau"]
-    return {lvl: (*_mean_std(v), len(v)) for lvl, v in sorted(by.items()) if v}
+    return {lvl: (*mean_std(v), len(v)) for lvl, v in sorted(by.items()) if v}
 
 
 def tau_by_position(dumps: list[dict], max_len: int = 256) -> list[tuple[float, int]]:
@@ -98,7 +99,7 @@ def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
 
     Returns (None, why) when there is none, or τ does not vary within the step.
     """
-    from launch.checkpoint import complete_checkpoints
+    from launch.checkpoint import checkpoint_weights, complete_checkpoints
 
     run_dir = Path(run_dir)
     steps = [int(c.name.split("_")[1]) for c in complete_checkpoints(run_dir)]
@@ -116,7 +117,6 @@ def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
 
     from data.prompts import render_prompt
     from launch.config import validate
-    from launch.evaluate import checkpoint_weights
     from launch.pipeline import load_data, resolve_model_path
     from learner.logprobs import token_entropy
 
@@ -160,6 +160,24 @@ def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def heldout_curve(metrics: list[dict]) -> tuple[str | None, list[int], list[float]]:
+    """(metric key, steps, values) of the held-out Avg@k over training, with the base model's
+    evaluation at step 0 when it was logged; (None, [], []) without evaluations."""
+    key = next((k for r in metrics for k in r if k.startswith("eval/all/avg@")), None)
+    if key is None:
+        return None, [], []
+    x, y = series(metrics, key)
+    base = next((r[k] for r in metrics for k in r if k.startswith("eval_base/all/avg@")), None)
+    return (key, [0] + x, [base] + y) if base is not None else (key, x, y)
+
+
+def second_half_dumps(run_dir: Path, metrics: list[dict]) -> tuple[int, list[dict]]:
+    """(first step, dumps) of the second half of the run: the learned behaviour, not the start."""
+    steps = [r["step"] for r in metrics if "critic/score/mean" in r]
+    half = steps[len(steps) // 2] - 1 if steps else 0
+    return half, load_dumps(run_dir, from_step=half)
+
+
 # ---------------------------------------------------------------------- plotting
 
 
@@ -172,16 +190,14 @@ def _plt():
     return plt
 
 
-def make_plots(run_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Write the PNGs; returns ({name: path}, {name: why it was skipped})."""
+def make_plots(run_dir: Path, metrics: list[dict], half: int,
+               dumps: list[dict]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Write the PNGs from the run's metrics and its dumps from step `half` on; returns
+    ({name: path}, {name: why it was skipped})."""
     run_dir = Path(run_dir)
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     plt = _plt()
-    metrics = load_metrics(run_dir)
-    steps = [r["step"] for r in metrics if "critic/score/mean" in r]
-    half = steps[len(steps) // 2] - 1 if steps else 0
-    dumps = load_dumps(run_dir, from_step=half)
     made, skipped = {}, {}
 
     def save(fig, name):
@@ -290,12 +306,8 @@ def make_plots(run_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
         smooth = [sum(ry[max(0, i - w + 1): i + 1]) / len(ry[max(0, i - w + 1): i + 1]) for i in range(len(ry))]
         ax.plot(rx, ry, alpha=0.3, label="train reward")
         ax.plot(rx, smooth, label=f"train reward ({w}-step mean)")
-        key = next((k for r in metrics for k in r if k.startswith("eval/all/avg@")), None)
-        base = next((r[k] for r in metrics for k in r if k.startswith("eval_base/all/avg@")), None)
+        key, ex_, ey = heldout_curve(metrics)
         if key:
-            ex_, ey = series(metrics, key)
-            if base is not None:
-                ex_, ey = [0] + ex_, [base] + ey
             ax.plot(ex_, ey, "o-", label=f"held-out {key.split('/')[-1]}")
         ax.set(xlabel="step", ylabel="accuracy", title="reward and held-out accuracy")
         ax.legend(fontsize=7)
@@ -330,8 +342,9 @@ def _final_table(metrics: list[dict]) -> list[str]:
 def write_report(run_dir: Path) -> Path:
     """RUN_DIR/report.md: the config, the final numbers, the plots (readable without wandb)."""
     run_dir = Path(run_dir)
-    made, skipped = make_plots(run_dir)
     metrics = load_metrics(run_dir)
+    half, dumps = second_half_dumps(run_dir, metrics)
+    made, skipped = make_plots(run_dir, metrics, half, dumps)
     cfg_path = run_dir / "resolved_config.yaml"
     cfg = cfg_path.read_text() if cfg_path.exists() else "(no resolved_config.yaml)"
     summary_path = run_dir / "final_metrics.json"
@@ -344,7 +357,6 @@ def write_report(run_dir: Path) -> Path:
                      f"mean τ {steps[-1].get('tau/mean', float('nan')):.3f}.")
     lines += ["", "## Held-out evaluation (before training and at the last evaluation)", ""]
     lines += _final_table(metrics)
-    dumps = load_dumps(run_dir, from_step=(steps[len(steps) // 2]["step"] - 1) if steps else 0)
     top = top_tau_tokens(dumps)
     if top:
         lines += ["", "## Tokens with the highest τ", "", "| token | mean τ | count |",

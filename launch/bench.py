@@ -243,21 +243,39 @@ def fmt_rate(x: float) -> str:
 # ----------------------------------------------------------------------------- rollout
 
 
-class SelectClock:
-    """Accumulates the wall time spent in ``strategy.select`` (wraps it on the instance)."""
+class MethodClock:
+    """Wall seconds spent in wrapped methods (per label), and a count of what they returned,
+    since the last ``take()``. Wrapping replaces the method on that one instance."""
 
-    def __init__(self, strategy):
-        self.seconds = 0.0
-        inner = strategy.select
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.tokens = 0
 
-        def timed(ctx, *args, **kwargs):
+    def wrap(self, obj, method: str, label: str, count_tokens=None) -> None:
+        inner = getattr(obj, method)
+
+        def timed(*a, **kw):
             t0 = time.perf_counter()
             try:
-                return inner(ctx, *args, **kwargs)
+                out = inner(*a, **kw)
             finally:
-                self.seconds += time.perf_counter() - t0
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+            if count_tokens is not None:
+                self.tokens += count_tokens(out)
+            return out
 
-        strategy.select = timed
+        setattr(obj, method, timed)
+
+    def take(self) -> dict:
+        """{"<label>_s": seconds, ..., "tokens": count} since the last take; then starts afresh."""
+        out = {**{f"{k}_s": v for k, v in self.seconds.items()}, "tokens": self.tokens}
+        self.seconds, self.tokens = {}, 0
+        return out
+
+
+def candidate_temperatures(k: int) -> list[float]:
+    """K TAMPO candidates evenly spaced over [0.6, 1.5] (the default candidate range)."""
+    return [round(0.6 + 0.9 * i / max(1, k - 1), 4) for i in range(k)]
 
 
 def add_rollout_parser(sub) -> None:
@@ -393,7 +411,8 @@ def _rollout_arms(args, model, prompt_ids, engines, strategies, opened) -> tuple
 
 def _rollout_arm(name, engine, strategy, requests, seed) -> Arm:
     """Swap ``strategy`` into ``engine`` (untimed), then time one ``generate`` of ``requests``."""
-    clock = SelectClock(strategy)
+    clock = MethodClock()
+    clock.wrap(strategy, "select", "select")
 
     def setup():
         if hasattr(engine, "set_strategy"):  # vLLM: rebinds the worker-side strategy
@@ -402,9 +421,10 @@ def _rollout_arm(name, engine, strategy, requests, seed) -> Arm:
             engine.strategy = strategy
 
     def run(r: int) -> dict:
-        before = clock.seconds
+        clock.take()
         batch = engine.generate(requests, step=0, seed=seed * 1000 + r)
-        out = {"tokens": int(batch.response_mask.sum()), "select_s": clock.seconds - before,
+        out = {"tokens": int(batch.response_mask.sum()),
+               "select_s": clock.take().get("select_s", 0.0),
                "mean_len": float(batch.response_mask.sum(-1).float().mean())}
         if batch.gate is not None:
             out["mean_tau"] = float(batch.tau[batch.response_mask].mean())
@@ -522,7 +542,7 @@ def bench_learner(args) -> dict:
     batch.advantages = compute_grpo_advantages(batch.rewards, batch.group_index)
     tokens = int(batch.response_mask.sum())
     k = args.candidates
-    candidates = [round(0.6 + 0.9 * i / max(1, k - 1), 4) for i in range(k)]
+    candidates = candidate_temperatures(k)
     cfg = LearnerConfig(micro_batch_size=args.micro_batch_size, skip_zero_adv=False)
     worker = LearnerWorker(model, cfg, PhiTrainingConfig(), head_state=strategy.head.state_dict(),
                            head_kwargs={"hidden_size": hidden}, seed=args.seed)

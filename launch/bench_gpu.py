@@ -98,9 +98,9 @@ def _timer(device):
 
 
 def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+    from launch.bench import summarize
+
+    return summarize(xs).median
 
 
 def model_flops_per_token(model, seq: int, train: bool) -> float:
@@ -249,7 +249,9 @@ def bench_lk(args, device, timed) -> dict:
     ids = torch.randint(0, V, (B, S + 1), generator=g).to(device)
     tau = (torch.rand(B, S, generator=g) * 0.9 + 0.6).to(device)
     mask = torch.ones(B, S, dtype=torch.bool, device=device)
-    cands = [0.6 + 0.9 * i / max(1, args.candidates - 1) for i in range(args.candidates)]
+    from launch.bench import candidate_temperatures
+
+    cands = candidate_temperatures(args.candidates)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=device.type == "cuda")
 
     def theta():

@@ -31,7 +31,6 @@ import json
 import os
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,32 +118,6 @@ class PausedTRL:
         self._thread.join(timeout=120)
 
 
-class StageClock:
-    """Wall seconds and a count per wrapped method of one object, since the last ``take()``."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.tokens = 0
-
-    def wrap(self, obj, method: str, label: str, count_tokens=None) -> None:
-        inner = getattr(obj, method)
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            out = inner(*a, **kw)
-            self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
-            if count_tokens is not None:
-                self.tokens += count_tokens(out)
-            return out
-
-        setattr(obj, method, timed)
-
-    def take(self) -> dict:
-        out = {**{f"{k}_s": v for k, v in self.seconds.items()}, "tokens": self.tokens}
-        self.seconds, self.tokens = {}, 0
-        return out
-
-
 def build_trl(args, run, model_path: str, train, out_dir: str):
     """A GRPOTrainer with our settings; returns (trainer, clock)."""
     import torch
@@ -182,7 +155,9 @@ def build_trl(args, run, model_path: str, train, out_dir: str):
     verifier.__name__ = "correctness"
     trainer = GRPOTrainer(model=model, reward_funcs=[verifier], args=cfg,
                           train_dataset=Dataset.from_list(rows), processing_class=tok)
-    clock = StageClock()
+    from launch.bench import MethodClock
+
+    clock = MethodClock()
     clock.wrap(trainer, "_generate", "gen", count_tokens=lambda out: sum(len(c) for c in out[1]))
     clock.wrap(trainer, "_calculate_rewards", "reward")
     return trainer, clock

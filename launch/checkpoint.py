@@ -58,6 +58,16 @@ def load_driver_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / "driver.pt", map_location="cpu", weights_only=False)
 
 
+def checkpoint_weights(ckpt: Path) -> tuple[dict, dict | None]:
+    """(theta and phi weights as the engines load them, the meta actor's state) of a checkpoint."""
+    sd = torch.load(Path(ckpt) / "learner_rank0" / "learner_rank0.pt", map_location="cpu",
+                    weights_only=False)
+    weights = dict(sd["theta"]["module"])
+    if "phi" in sd:
+        weights.update(sd["phi"]["module"])  # keys temperature_head.*
+    return weights, load_driver_state(ckpt).get("meta")
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from launch.analyze import mean_std
 
 # name -> launch.run overrides. TAMPO's paper compares fixed 0.9, 1.2, 1.5; 1.0 is our base.
 DEFAULT_SET = {
@@ -61,11 +62,6 @@ def run_one(out: Path, name: str, seed: int, overrides: str, extra: list[str]) -
     return run_dir
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
-
-
 def final_numbers(run_dir: Path) -> dict[str, float]:
     """base/final Avg@k and Pass@k (group 'all') and the run's seconds, from final_metrics.json."""
     fm = json.loads((Path(run_dir) / "final_metrics.json").read_text())
@@ -89,38 +85,28 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
         for label in ("final", "base"):
             for m in metrics:
                 xs = [r[f"{label}/{m}"] for r in rs if f"{label}/{m}" in r]
-                cells.append("{:.3f} ± {:.3f}".format(*_mean_std(xs)) if xs else "-")
-        cells.append(f"{_mean_std([r['seconds'] for r in rs])[0]:.0f}")
+                cells.append("{:.3f} ± {:.3f}".format(*mean_std(xs)) if xs else "-")
+        cells.append(f"{mean_std([r['seconds'] for r in rs])[0]:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(out: Path, runs: dict[str, list[Path]]) -> Path:
     """Held-out accuracy and mean τ over steps, one line per strategy (mean over seeds)."""
-    import matplotlib
+    from launch.analyze import _plt, heldout_curve, load_metrics, series
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from launch.analyze import load_metrics, series
-
+    plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, dirs in runs.items():
-        for ax, prefix in ((axes[0], "eval/all/avg@"), (axes[1], "tau/mean")):
-            curves = []
-            for d in dirs:
-                m = load_metrics(d)
-                key = next((k for r in m for k in r if k.startswith(prefix)), None)
-                if key:
-                    x, y = series(m, key)
-                    if prefix.startswith("eval"):
-                        base = next((r[k] for r in m for k in r if k.startswith("eval_base/all/avg@")), None)
-                        x, y = ([0] + x, [base] + y) if base is not None else (x, y)
-                    curves.append(dict(zip(x, y)))
+        metrics = [load_metrics(d) for d in dirs]
+        for ax, curve, style in ((axes[0], lambda m: heldout_curve(m)[1:], "o-"),
+                                 (axes[1], lambda m: series(m, "tau/mean"), "-")):
+            curves = [dict(zip(*curve(m))) for m in metrics]
+            curves = [c for c in curves if c]
             if curves:
                 xs = sorted(set.intersection(*(set(c) for c in curves)))
-                ax.plot(xs, [sum(c[x] for c in curves) / len(curves) for x in xs],
-                        "o-" if prefix.startswith("eval") else "-", label=name, markersize=3)
+                ax.plot(xs, [sum(c[x] for c in curves) / len(curves) for x in xs], style,
+                        label=name, markersize=3)
     axes[0].set(xlabel="step", ylabel="held-out Avg@k", title="held-out accuracy (mean over seeds)")
     axes[1].set(xlabel="step", ylabel="mean τ", title="mean sampling temperature")
     axes[0].legend(fontsize=7)

@@ -42,25 +42,12 @@ def format_table(metrics: dict[str, float], k: int) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_weights(ckpt: Path) -> tuple[dict, dict | None]:
-    """(theta and phi weights as the engines load them, the meta actor's state) of a checkpoint."""
-    import torch
-
-    sd = torch.load(Path(ckpt) / "learner_rank0" / "learner_rank0.pt", map_location="cpu",
-                    weights_only=False)
-    weights = dict(sd["theta"]["module"])
-    if "phi" in sd:
-        weights.update(sd["phi"]["module"])  # keys temperature_head.*
-    driver = torch.load(Path(ckpt) / "driver.pt", map_location="cpu", weights_only=False)
-    return weights, driver.get("meta")
-
-
 def evaluate_run(run, run_dir: str) -> dict[str, float]:
     """Evaluate `run`'s model (or `run.eval.checkpoint`) on its held-out data; writes
     eval_results.json in `run_dir` and returns the metrics."""
     import ray
 
-    from launch.checkpoint import find_checkpoint
+    from launch.checkpoint import checkpoint_weights, find_checkpoint
     from launch.config import ConfigError
     from launch.pipeline import load_data, resolve_model_path
     from launch.trainer import Trainer

@@ -108,11 +108,9 @@ class TemperatureHead(nn.Module):
                              z: Tensor, forced: Tensor) -> Tensor:
         """`log_prob` given the head's outputs (so sampling need not run the head twice)."""
         on = gate > 0.5  # (...,) bool; NaN -> False
-        log_gate = torch.where(on, F.logsigmoid(gate_logit), F.logsigmoid(-gate_logit))
-        log_gate = torch.where(forced.bool(), torch.zeros_like(log_gate), log_gate)
-        z_safe = torch.where(on, z.to(alpha.dtype), torch.full_like(alpha, 0.5))
-        log_z = torch.where(on, beta_log_prob(z_safe, alpha, beta), torch.zeros_like(alpha))
-        return log_gate + log_z
+        log_gate = F.logsigmoid(torch.where(on, gate_logit, -gate_logit)).masked_fill(forced.bool(), 0.0)
+        z_safe = torch.where(on, z.to(alpha.dtype), 0.5)
+        return log_gate + torch.where(on, beta_log_prob(z_safe, alpha, beta), 0.0)
 
     def entropy(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """(gate Bernoulli entropy, Beta entropy), each (...,) in nats."""
@@ -168,9 +166,8 @@ class IntroLLM(TemperatureStrategy):
 
     @torch.inference_mode()  # runs once per decoding step: the cheapest dispatch torch has
     def select(self, ctx: RowContext, temperature_mode: str | None = None) -> TempDecision:
-        """Draw every row's action. Same values as `TemperatureHead.log_prob` would give for the
-        recorded action (tested), in fewer ops: z is a valid draw for every row here, so the
-        learner's garbage-z guards are not needed."""
+        """Draw every row's action and its behaviour log pi_phi (the learner's own formula,
+        `TemperatureHead.log_prob_from_params`)."""
         if ctx.hidden is None:
             raise ValueError("IntroLLM needs ctx.hidden (N, d) final post-norm hidden states; the "
                              "engine must pass them because strategy.needs_hidden is True")
@@ -188,8 +185,7 @@ class IntroLLM(TemperatureStrategy):
         else:  # Beta(a, b) = first coordinate of Dirichlet(a, b); this op accepts a generator
             z = torch._sample_dirichlet(shapes, generator=ctx.generator)[:, 0]
         on = gate > 0.5
-        logp = F.logsigmoid(torch.where(on, gate_logit, -gate_logit)).masked_fill_(forced, 0.0)
-        logp += beta_log_prob(z, alpha, beta).masked_fill_(~on, 0.0)
+        logp = self.head.log_prob_from_params(gate_logit, alpha, beta, gate, z, forced)
         z = z.masked_fill_(~on, 0.0)
         tau = torch.where(on, self.tau_from_z(z), ctx.prev_tau.to(z.dtype))
         f32 = torch.float32
