@@ -497,7 +497,9 @@ def add_learner_parser(sub) -> None:
     p = sub.add_parser("learner", help="learner step costs: theta vs phi phase, TAMPO's l_k share",
                        description="One DeepSpeed learner (CPU) on a batch the transformers engine "
                        "generates with the IntroLLM head, timed in interleaved rounds: the theta "
-                       "step (old log-probs + update), the phi step (update of the head only), "
+                       "step (one pass: the update's forward gives the old log-probs, the default "
+                       "with learner.mini_batches=1), the theta step with a separate old-log-prob "
+                       "pass (mini_batches > 1), the phi step (update of the head only), "
                        "and the old-log-prob pass with and without TAMPO's l_k for K candidates. "
                        "Targets: l_k <= 5 % of a learner step; a phi step well under half a theta step.")
     p.add_argument("--model", default=None, help="local HF folder (default: the embedded model)")
@@ -548,6 +550,10 @@ def bench_learner(args) -> dict:
                            head_kwargs={"hidden_size": hidden}, seed=args.seed)
 
     def theta(_):
+        worker.update_theta(batch)
+        return {"tokens": tokens}
+
+    def theta_two_pass(_):
         worker.update_theta(batch, worker.compute_old_logprobs(batch))
         return {"tokens": tokens}
 
@@ -563,7 +569,8 @@ def bench_learner(args) -> dict:
         worker.compute_old_logprobs(batch, candidates)
         return {"tokens": tokens}
 
-    arms = [Arm("theta step", theta), Arm("phi step", phi), Arm("old logp", old),
+    arms = [Arm("theta step", theta), Arm("theta step, separate old pass", theta_two_pass),
+            Arm("phi step", phi), Arm("old logp", old),
             Arm("old logp + l_k", old_lk)]
     settings = {"model": model, "responses": len(batch), "response_tokens": tokens,
                 "candidates": k, "micro_batch_size": args.micro_batch_size, "reps": args.reps,
@@ -575,7 +582,9 @@ def bench_learner(args) -> dict:
     med = {name: summarize([x["seconds"] for x in v]).median for name, v in samples.items()}
     lk_s = max(0.0, med["old logp + l_k"] - med["old logp"])
     ratios = {"l_k / theta step": lk_s / med["theta step"],
-              "phi step / theta step": med["phi step"] / med["theta step"]}
+              "phi step / theta step": med["phi step"] / med["theta step"],
+              "theta step / with separate old pass":
+                  med["theta step"] / med["theta step, separate old pass"]}
     table = Table(["arm", "reps", "s median", "s min-max", "tokens/s"],
                   title="learner work per batch (interleaved rounds)")
     for name, v in samples.items():
@@ -585,6 +594,8 @@ def bench_learner(args) -> dict:
     out = Table(["ratio (median seconds)", "value", "target"], title="ratios")
     out.add("TAMPO l_k (K=%d) / theta step" % k, f"{100 * ratios['l_k / theta step']:.1f} %", "<= 5 %")
     out.add("phi step / theta step", f"{100 * ratios['phi step / theta step']:.1f} %", "well under 50 %")
+    out.add("theta step: one pass / separate old pass",
+            f"{100 * ratios['theta step / with separate old pass']:.1f} %", "")
     print_tables(table, out)
     return {"benchmark": "learner", "machine": machine, "settings": settings,
             "median_seconds": med, "ratios": ratios, "samples": samples}

@@ -4,7 +4,8 @@ One step (DESIGN.md):
 
     driver: prompts + meta.plan -> requests
     rollout actors -> ObjectRef(TrajectoryBatch) --> reward actor (scores, GRPO advantages)
-        --> learner ranks (old log-probs + TAMPO l_k from the same logits; theta or phi phase)
+        --> learner ranks (old log-probs + TAMPO l_k from the same logits; theta or phi phase;
+            with learner.mini_batches = 1 the theta update's forward is the old pass)
         --> meta actor (TAMPO update)      learner rank 0 weights --> rollout actors
 
 The driver only moves object refs and small metric dicts; trajectory tensors never enter it.

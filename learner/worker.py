@@ -9,6 +9,8 @@ Per step, on this rank's slice of the batch (ALGORITHMS.md §1-§3):
     old = worker.compute_old_logprobs(batch, candidates)   # no grad: log pi_old with the recorded tau,
                                                            # entropies, TAMPO l_k from the same logits
     worker.update_theta(batch, old)                        # GRPO theta-phase (PPO mini-batches)
+    worker.update_theta(batch)                             # mini_batches = 1: one pass, the update's
+                                                           # forward gives log pi_old (as TRL's)
     worker.update_phi(batch)                               # IntroLLM phi-phase (backbone frozen)
     stats, meta_input = worker.train_step(full_batch, phase, candidates)   # all of it, for the actor
 
@@ -16,7 +18,10 @@ How this departs from the textbook, deliberately:
 
 * every log-prob (old, current, reference) is log_softmax(z_t / tau_t)[y_t] with the tau_t the
   rollout recorded; the forward uses the rollout engine's position ids (cumsum(mask) - 1);
-* no dropout (model in eval mode): log pi_old and log pi_theta before the first step are equal;
+* no dropout (model in eval mode): log pi_old and log pi_theta before the first step are equal,
+  so with one optimizer step per batch (learner.mini_batches = 1) `train_step` skips the separate
+  old pass: the update's forward gives log pi_old (detached), the entropies and TAMPO's l_k;
+* micro-batches are rows of similar lengths (`_by_length`): less padding, same result;
 * mini-batch k of a slice is rows k, k + m, k + 2m, ... (strided, not contiguous), so that
   R ranks on R slices see exactly the mini-batches 1 rank sees on the concatenated batch;
 * the losses use a *global* denominator (all ranks, all micro-batches of the mini-batch), so
@@ -180,28 +185,40 @@ class LearnerWorker:
         Returns CPU tensors, 0 at padding: old_logp (B, T), entropy (B, T) of softmax(z / tau),
         entropy_untempered (B, T); loglik (B, K) TAMPO l_k from the same logits when `candidates`
         are given; ref_logp (B, T) under the frozen reference when learner.kl_coef > 0.
+        With one optimizer step per batch (learner.mini_batches = 1) `train_step` does not call
+        this: the update's own forward gives the same values (`update_theta(batch, None)`).
         """
         B, T = batch.response_ids.shape
         self._check_equal_slices(B)
-        chunk, impl = self.cfg.logprob_chunk, self.cfg.logprob_impl
+        out = self._old_buffers(B, T, candidates)
+        for rows in _by_length(batch, torch.arange(B)).split(self.cfg.micro_batch_size):
+            m = self._micro(batch, rows)
+            self._record_old(out, m, self._logits(self.theta, m), m.take(batch.tau, self.device),
+                             candidates)
+        return out
+
+    def _old_buffers(self, B: int, T: int, candidates: list[float] | None) -> dict[str, Tensor]:
         names = ["old_logp", "entropy", "entropy_untempered"] + (["ref_logp"] if self.ref else [])
         out = {k: torch.zeros(B, T) for k in names}
         if candidates is not None:
             out["loglik"] = torch.zeros(B, len(candidates))
-        for rows in torch.arange(B).split(self.cfg.micro_batch_size):
-            m = self._micro(batch, rows)
-            tau, mask = m.take(batch.tau, self.device), m.resp_mask
-            logits = self._logits(self.theta, m)  # (b, t, V)
-            vals = old_pass_stats(logits, m.tokens, tau, mask, candidates, chunk, impl)
-            if candidates is not None:
-                out["loglik"][rows] = vals.pop("loglik").cpu()
-            del logits
-            if self.ref is not None:
-                vals["ref_logp"] = token_logprobs(self._logits(self.ref, m), m.tokens, tau, chunk,
-                                                  mask, impl)
-            for k, v in vals.items():
-                out[k][rows, : m.t] = torch.where(mask, v, torch.zeros_like(v)).float().cpu()
         return out
+
+    @torch.no_grad()
+    def _record_old(self, out: dict[str, Tensor], m: _Micro, logits: Tensor, tau: Tensor,
+                    candidates: list[float] | None) -> dict[str, Tensor]:
+        """The old-pass values of micro-batch m from its (b, t, V) logits into `out`'s rows;
+        returns them on the device: old_logp, entropy, entropy_untempered (b, t)[, ref_logp]."""
+        chunk, impl, mask = self.cfg.logprob_chunk, self.cfg.logprob_impl, m.resp_mask
+        vals = old_pass_stats(logits.detach(), m.tokens, tau, mask, candidates, chunk, impl)
+        if candidates is not None:
+            out["loglik"][m.rows] = vals.pop("loglik").cpu()
+        if self.ref is not None:
+            vals["ref_logp"] = token_logprobs(self._logits(self.ref, m), m.tokens, tau, chunk,
+                                              mask, impl)
+        for k, v in vals.items():
+            out[k][m.rows, : m.t] = torch.where(mask, v, torch.zeros_like(v)).float().cpu()
+        return vals
 
     # ------------------------------------------------------------------ updates
 
@@ -224,21 +241,26 @@ class LearnerWorker:
                                                   self.cfg.mini_batches))
             stats["actor/kept_frac"] = len(batch) / rows_in
         part = batch.split(self.world_size)[self.rank] if self.world_size > 1 else batch
+        theta = phase in ("theta", "joint")
+        # one optimizer step per batch: log pi_old = log pi_theta of the update's own forward
+        one_pass = theta and self.cfg.mini_batches == 1
         old = None
-        if phase != "phi" or candidates:
+        if (theta or candidates) and not one_pass:
             t0 = time.perf_counter()
             old = self.compute_old_logprobs(part, candidates or None)
             stats["timing_s/old_log_prob"] = time.perf_counter() - t0
-            stats.update(self._mismatch_stats(part, old["old_logp"]))
-            stats.update(self._tau_entropy_stats(part, old["entropy_untempered"]))
-        if phase in ("phi", "joint"):
+        if phase in ("phi", "joint"):  # theta does not change here: the old values stay valid
             t0 = time.perf_counter()
             stats.update(self.update_phi(part))
             stats["timing_s/update_phi"] = time.perf_counter() - t0
-        if phase in ("theta", "joint"):
+        if theta:
             t0 = time.perf_counter()
-            stats.update(self.update_theta(part, old))
+            theta_stats, old = self._update_theta(part, old, candidates or None)
+            stats.update(theta_stats)
             stats["timing_s/update_actor"] = time.perf_counter() - t0
+        if old is not None:
+            stats.update(self._mismatch_stats(part, old["old_logp"]))
+            stats.update(self._tau_entropy_stats(part, old["entropy_untempered"]))
         meta = None
         if candidates:  # TAMPO averages over ALL the step's trajectories, dropped ones included
             meta = {"loglik": old["loglik"], "advantages": part.advantages,
@@ -268,31 +290,55 @@ class LearnerWorker:
         return {"actor/rollout_logp_diff_mean": self._token_mean(diff, mask),
                 "actor/rollout_logp_diff_max": float(ds_utils.all_reduce(worst, "max"))}
 
-    def update_theta(self, batch: TrajectoryBatch, old: dict[str, Tensor]) -> dict[str, float]:
+    def update_theta(self, batch: TrajectoryBatch,
+                     old: dict[str, Tensor] | None = None) -> dict[str, float]:
         """GRPO theta-phase on this rank's slice; `old` from `compute_old_logprobs` on the same slice.
+
+        old None (only with learner.mini_batches = 1): one pass. No optimizer step happens before
+        the last micro-batch, so log pi_old is the update's own log pi_theta, detached (ratio 1,
+        as TRL with num_iterations=1), and the other old-pass values come from the same logits.
 
         Returns verl's names: actor/{pg_loss, pg_clipfrac, ppo_kl, ratio_mean, ratio_max,
         grad_norm, lr, entropy, skipped_nonfinite, optimizer_steps}, plus actor/{tis_weight_mean,
         tis_clipfrac} with TIS, actor/kl_loss with KL, actor/entropy_loss with the entropy bonus.
         """
+        return self._update_theta(batch, old, None)[0]
+
+    def _update_theta(self, batch: TrajectoryBatch, old: dict[str, Tensor] | None,
+                      candidates: list[float] | None) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """`update_theta`, also returning `old` (filled from the update's forward when it was None,
+        with TAMPO's loglik for `candidates`)."""
         cfg = self.cfg
         _require_advantages(batch)
-        if cfg.kl_coef > 0 and "ref_logp" not in old:
+        one_pass = old is None
+        if one_pass and cfg.mini_batches != 1:
+            raise ValueError(f"update_theta without `old` needs learner.mini_batches = 1 (it is "
+                             f"{cfg.mini_batches}): after the first optimizer step the update's "
+                             f"forward is no longer pi_old; pass compute_old_logprobs(batch)")
+        if not one_pass and cfg.kl_coef > 0 and "ref_logp" not in old:
             raise ValueError("learner.kl_coef > 0 but `old` has no ref_logp; pass the dict "
                              "compute_old_logprobs returned for this same batch slice")
+        if one_pass:
+            self._check_equal_slices(len(batch))
+            old = self._old_buffers(*batch.response_ids.shape, candidates)
         dev, chunk = self.device, cfg.logprob_chunk
 
         def loss_fn(m: _Micro, denominator: float, max_len: int):
             tau, mask = m.take(batch.tau, dev), m.resp_mask
             logits = self._logits(self.theta, m)  # (b, t, V)
             logp = token_logprobs(logits, m.tokens, tau, chunk, mask, cfg.logprob_impl)
+            if one_pass:
+                ref = self._record_old(old, m, logits, tau, candidates).get("ref_logp")
+                old_logp = logp.detach()
+            else:
+                ref = m.take(old["ref_logp"], dev) if self.ref is not None else None
+                old_logp = m.take(old["old_logp"], dev)
             ent = token_entropy(logits, tau, chunk, mask) if cfg.entropy_coef > 0 else None
             loss, stats = policy_loss(
-                logp, m.take(old["old_logp"], dev), m.take(batch.advantages, dev), mask,
+                logp, old_logp, m.take(batch.advantages, dev), mask,
                 cfg.clip_low, cfg.clip_high, cfg.loss_agg, max_len,
                 rollout_logp=m.take(batch.logp_rollout, dev), tis_cap=cfg.tis_cap,
-                ref_logp=m.take(old["ref_logp"], dev) if self.ref is not None else None,
-                kl_coef=cfg.kl_coef, entropy=ent, entropy_coef=cfg.entropy_coef,
+                ref_logp=ref, kl_coef=cfg.kl_coef, entropy=ent, entropy_coef=cfg.entropy_coef,
                 denominator=denominator)
             return loss, stats, logp
 
@@ -302,7 +348,7 @@ class LearnerWorker:
         if "entropy" in stats:  # the bonus term's entropy (current policy, agg'd like the loss)
             stats["entropy_loss"] = stats.pop("entropy")
         stats["entropy"] = self._token_mean(old["entropy"], batch.response_mask)  # verl: old pass
-        return {f"actor/{k}": v for k, v in stats.items()}
+        return {f"actor/{k}": v for k, v in stats.items()}, old
 
     def update_phi(self, batch: TrajectoryBatch) -> dict[str, float]:
         """IntroLLM phi-phase: GRPO on the recorded temperature actions, backbone frozen.
@@ -372,7 +418,7 @@ class LearnerWorker:
         for g, count in zip(groups, counts):
             denominator = max(float(count[column]), 1.0)
             sums: dict[str, Tensor] = {}
-            micro = g.split(cfg.micro_batch_size)
+            micro = _by_length(batch, g).split(cfg.micro_batch_size)
             for i, rows in enumerate(micro):
                 mb = self._micro(batch, rows)
                 loss, stats, anchor = loss_fn(mb, denominator, max_len)
@@ -510,6 +556,15 @@ def informative_rows(advantages: Tensor, world_size: int = 1, min_per_rank: int 
         pad = torch.nonzero(~nonzero).flatten()[: want - len(keep)]
         keep = torch.cat([keep, pad]).sort().values
     return keep
+
+
+def _by_length(batch: TrajectoryBatch, rows: Tensor) -> Tensor:
+    """`rows` ordered by response then prompt length (stable), so that each micro-batch, trimmed
+    to its longest row, pads little. The losses' global denominators make the result independent
+    of how rows are grouped into micro-batches."""
+    key = (batch.response_mask[rows].sum(-1) * (batch.prompt_ids.shape[1] + 1)
+           + batch.prompt_mask[rows].sum(-1))
+    return rows[torch.sort(key, stable=True).indices]
 
 
 def _require_advantages(batch: TrajectoryBatch) -> None:

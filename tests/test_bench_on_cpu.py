@@ -145,10 +145,12 @@ def test_learner_benchmark_times_every_arm_and_reports_the_ratios(tiny_model_dir
                    "--max-new-tokens", "8", "--candidates", "3", "--reps", "2", "--warmup", "0",
                    "--out", str(out)])
     text = capsys.readouterr().out
-    assert set(result["median_seconds"]) == {"theta step", "phi step", "old logp", "old logp + l_k"}
+    assert set(result["median_seconds"]) == {"theta step", "theta step, separate old pass",
+                                             "phi step", "old logp", "old logp + l_k"}
     assert all(len(v) == 2 for v in result["samples"].values())
     assert 0 < result["ratios"]["phi step / theta step"]
     assert "TAMPO l_k (K=3) / theta step" in text and "phi step / theta step" in text
+    assert "one pass / separate old pass" in text
     assert json.loads(out.read_text())["settings"]["responses"] == 8
 
 
