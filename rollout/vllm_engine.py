@@ -145,7 +145,7 @@ class VLLMEngine:
             n=1, temperature=0.0 if greedy else 1.0, top_p=1.0, top_k=0, min_p=0.0,
             max_tokens=self.max_new_tokens, logprobs=0, flat_logprobs=True,
             seed=(seed * 1_000_003 + i) % (2 ** 63) if per_request_seed else None,
-            skip_special_tokens=True,
+            detokenize=False,  # one batch decode below: ~12 % of generate() on the embedded model
             extra_args={KEY: k, BASE_TAU: float(q.base_tau), GREEDY: bool(greedy)})
             for i, (q, k) in enumerate(zip(requests, keys))]
         prompts = [TokensPrompt(prompt_token_ids=list(q.prompt_ids)) for q in requests]
@@ -155,7 +155,10 @@ class VLLMEngine:
         if got["anomalies"]:
             raise RuntimeError(f"per-token temperature bookkeeping failed in vLLM: "
                                f"{got['anomalies']}; e.g. {got['messages'][:3]}")
-        records = [self._record(out, got["records"][k], k) for out, k in zip(outputs, keys)]
+        texts = self.tokenizer.batch_decode([list(o.outputs[0].token_ids) for o in outputs],
+                                            skip_special_tokens=True)  # as the transformers engine
+        records = [self._record(out, got["records"][k], k, text)
+                   for out, k, text in zip(outputs, keys, texts)]
         n_tokens = sum(len(r.token_ids) for r in records)
         stats = {"gen_s": time.perf_counter() - t0, "gen_tokens": float(n_tokens),
                  **{f"vllm/{k}": v for k, v in got["counters"].items()}}
@@ -236,7 +239,7 @@ class VLLMEngine:
     def _rpc(self, method: str, *args, **kwargs):
         return self.llm.collective_rpc(method, args=args, kwargs=kwargs or None)[0]
 
-    def _record(self, out, recs: list, key: str) -> ResponseRecord:
+    def _record(self, out, recs: list, key: str, text: str) -> ResponseRecord:
         comp = out.outputs[0]
         ids = list(comp.token_ids)
         n = len(ids)
@@ -251,7 +254,7 @@ class VLLMEngine:
         with_phi = getattr(self.strategy, "head", None) is not None
         return ResponseRecord(
             token_ids=ids, tau=[r[0] for r in recs], logp=_sampled_logprobs(comp, ids),
-            finish_reason=comp.finish_reason, text=comp.text,
+            finish_reason=comp.finish_reason, text=text,
             gate=[r[1] for r in recs] if with_phi else None,
             z=[r[2] for r in recs] if with_phi else None,
             logp_phi=[r[3] for r in recs] if with_phi else None)

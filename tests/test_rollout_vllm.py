@@ -314,6 +314,10 @@ def test_each_request_keeps_its_own_base_tau_and_early_stops_happen(engine, hf):
     assert torch.equal(batch.tau[mask], base[:, None].expand_as(batch.tau)[mask])
     assert batch.stats["vllm/readded_rows"] > 0
     check_logprobs(hf, batch)
+    # texts: one batch decode of the ids (vLLM's detokenizer is off), special tokens dropped
+    ids = [batch.response_ids[i][mask[i]].tolist() for i in range(len(batch))]
+    assert batch.response_texts == [engine.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+    assert all(batch.response_texts) and len(set(batch.response_texts)) > 1
 
 
 def test_same_seed_same_batch(engine):
