@@ -165,6 +165,9 @@ class LearnerConfig:
     skip_zero_adv: bool = True
     """drop zero-advantage responses (groups whose rewards are all equal) from the learner batch:
     they carry no policy gradient, only cost (DAPO's filter without re-sampling) (our default)"""
+    share_prompt: bool = True
+    """rows of a micro-batch with the same prompt (a GRPO group) run it through the model once
+    and continue from its KV cache: the same values and gradients, less compute (our default)"""
 
     def __post_init__(self):
         _require(self.lr > 0, "learner.lr", self.lr, "must be > 0", "set e.g. learner.lr=1e-6")

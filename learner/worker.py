@@ -21,7 +21,8 @@ How this departs from the textbook, deliberately:
 * no dropout (model in eval mode): log pi_old and log pi_theta before the first step are equal,
   so with one optimizer step per batch (learner.mini_batches = 1) `train_step` skips the separate
   old pass: the update's forward gives log pi_old (detached), the entropies and TAMPO's l_k;
-* micro-batches are rows of similar lengths (`_by_length`): less padding, same result;
+* micro-batches keep GRPO groups together, ordered by length (`_by_length`): less padding, and
+  the rows of a group run their shared prompt once (`learner.share_prompt`); same result;
 * mini-batch k of a slice is rows k, k + m, k + 2m, ... (strided, not contiguous), so that
   R ranks on R slices see exactly the mini-batches 1 rank sees on the concatenated batch;
 * the losses use a *global* denominator (all ranks, all micro-batches of the mini-batch), so
@@ -76,11 +77,28 @@ class _Micro:
     """(b, t) response token ids"""
     resp_mask: Tensor
     """(b, t) bool"""
+    prompt: "_Prompts | None" = None
+    """the micro-batch's distinct prompts when rows share them (GRPO groups), else None"""
 
     def take(self, x: Tensor, device) -> Tensor:
         """The micro-batch's (b, t) slice of a per-token (B, T) tensor, or (b,) of a (B,) one."""
         x = x[self.rows]
         return (x[:, : self.t] if x.dim() == 2 else x).to(device)
+
+
+@dataclass
+class _Prompts:
+    """The g distinct prompts of a micro-batch of b rows (g < b): each runs through the model once
+    and its KV cache is shared by the rows that continue it."""
+
+    ids: Tensor
+    """(g, lp) left-padded prompt ids"""
+    mask: Tensor
+    """(g, lp) long"""
+    pos: Tensor
+    """(g, lp) position ids"""
+    inverse: Tensor
+    """(b,) long: row -> its prompt"""
 
 
 class _HeadLogProb(nn.Module):
@@ -156,26 +174,57 @@ class LearnerWorker:
                              "token 0 come from the last prompt column)")
         width = batch.prompt_ids.shape[1]
         resp = batch.response_ids[rows, :t]
-        ids = torch.cat([batch.prompt_ids[rows, width - lp:], resp[:, :-1]], 1)  # (b, lp + t - 1)
-        mask = torch.cat([pm[:, width - lp:], rm[:, : t - 1]], 1).long()
+        prompt, pmask = batch.prompt_ids[rows, width - lp:], pm[:, width - lp:].long()
+        ids = torch.cat([prompt, resp[:, :-1]], 1)  # (b, lp + t - 1)
+        mask = torch.cat([pmask, rm[:, : t - 1]], 1).long()
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         dev = self.device
+        shared = None
+        if self.cfg.share_prompt:
+            uniq, inverse = torch.unique(torch.cat([prompt * pmask, pmask], 1), dim=0,
+                                         return_inverse=True)
+            if len(uniq) < len(rows):
+                p_ids, p_mask = uniq[:, :lp], uniq[:, lp:]
+                p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+                shared = _Prompts(p_ids.to(dev), p_mask.to(dev), p_pos.to(dev), inverse.to(dev))
         return _Micro(rows, ids.to(dev), mask.to(dev), pos.to(dev), lp, t, resp.to(dev),
-                      rm[:, :t].to(dev))
+                      rm[:, :t].to(dev), shared)
 
     @staticmethod
-    def _logits(model, m: _Micro) -> Tensor:
-        """(b, t, V) untempered logits of the response tokens (only those columns reach lm_head)."""
-        out = model(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos,
-                    logits_to_keep=m.t, use_cache=False)
-        return out.logits
+    def _response_outputs(call, m: _Micro, field: str) -> Tensor:
+        """(b, t, .) `field` ("logits" or "last_hidden_state") of `call`'s output at the t
+        positions that predict the response tokens; only those positions reach the LM head.
+
+        With shared prompts: one forward of the g distinct prompts (use_cache), whose last
+        position predicts response token 0, then one of the responses on the prompts' KV cache
+        indexed per row. Gradients reach the prompt columns through the cache, summed over the
+        rows sharing them: the same values and gradients as one forward of every row's prompt.
+        """
+        keep = (lambda n: {"logits_to_keep": n}) if field == "logits" else (lambda n: {})
+        p = m.prompt
+        if p is None:
+            out = call(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos,
+                       use_cache=False, **keep(m.t))
+            return getattr(out, field)[:, -m.t:]
+        out = call(input_ids=p.ids, attention_mask=p.mask, position_ids=p.pos, use_cache=True,
+                   **keep(1))
+        first = getattr(out, field)[:, -1:][p.inverse]  # (b, 1, .)
+        if m.t == 1:
+            return first
+        cache = out.past_key_values
+        cache.batch_select_indices(p.inverse)
+        out = call(input_ids=m.ids[:, m.lp:], attention_mask=m.mask, position_ids=m.pos[:, m.lp:],
+                   past_key_values=cache, use_cache=True, **keep(m.t - 1))
+        return torch.cat([first, getattr(out, field)], 1)
+
+    def _logits(self, model, m: _Micro) -> Tensor:
+        """(b, t, V) untempered logits of the response tokens."""
+        return self._response_outputs(model, m, "logits")
 
     @torch.no_grad()
     def _hidden(self, m: _Micro) -> Tensor:
         """(b, t, d) final post-norm hidden states h_t of the response positions, detached."""
-        backbone = self.theta.module.get_decoder()
-        out = backbone(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos, use_cache=False)
-        return out.last_hidden_state[:, m.lp - 1:].detach()
+        return self._response_outputs(self.theta.module.get_decoder(), m, "last_hidden_state")
 
     @torch.no_grad()
     def compute_old_logprobs(self, batch: TrajectoryBatch,
@@ -559,12 +608,18 @@ def informative_rows(advantages: Tensor, world_size: int = 1, min_per_rank: int 
 
 
 def _by_length(batch: TrajectoryBatch, rows: Tensor) -> Tensor:
-    """`rows` ordered by response then prompt length (stable), so that each micro-batch, trimmed
-    to its longest row, pads little. The losses' global denominators make the result independent
-    of how rows are grouped into micro-batches."""
-    key = (batch.response_mask[rows].sum(-1) * (batch.prompt_ids.shape[1] + 1)
-           + batch.prompt_mask[rows].sum(-1))
-    return rows[torch.sort(key, stable=True).indices]
+    """`rows` ordered for micro-batching: groups kept together (rows of a group share a prompt,
+    run once: learner.share_prompt), groups by their longest response, rows by their own, so
+    that each micro-batch, trimmed to its longest row, pads little. Stable and deterministic. The
+    losses' global denominators make the result independent of the grouping into micro-batches."""
+    _, group = torch.unique(batch.group_index[rows], return_inverse=True)  # 0 .. groups - 1
+    length = batch.response_mask[rows].sum(-1)
+    longest = torch.zeros(len(rows), dtype=length.dtype).scatter_reduce(
+        0, group, length, "amax")[group]
+    order = torch.arange(len(rows))
+    for key in (length, group, longest):  # least significant first: a stable lexicographic sort
+        order = order[torch.sort(key[order], stable=True).indices]
+    return rows[order]
 
 
 def _require_advantages(batch: TrajectoryBatch) -> None:

@@ -30,10 +30,13 @@ Why positions stay right:
 * τ_{t-1} is known when row t is divided: position t exists only after token t-1 was sampled
   and accepted, i.e. after the step whose ``compute_logits`` recorded τ_{t-1}.
 
-V2 (GPU builds' default runner) uses another logits-processor interface (``add_request(req_idx,
-params)``, ``apply(logits, ctx)`` with a row→slot mapping and positions) and rejects V1
-processors; ``V2RowSource`` marks the place for it. ``rollout.vllm_compat.configure_env`` pins
-the V1 runner meanwhile.
+V2 (GPU builds' default runner in 0.32) uses another logits-processor interface
+(``add_request(req_idx, params)``, ``apply(logits, ctx)`` with a row→slot mapping and positions)
+and rejects V1 processors. ``rollout.vllm_compat.configure_env`` pins the V1 runner
+(``VLLM_USE_V2_MODEL_RUNNER=0``, which 0.32 honours on CPU and GPU builds alike). A V2 row source
+would be a V2 logits processor that keeps req_idx -> RowRef in ``add_request`` and publishes the
+row mapping before ``compute_logits``; if V2 exposes it only in ``apply``, the division by τ moves
+into that processor and the head's forward stays in ``compute_logits``, stashed per row.
 """
 
 from __future__ import annotations
@@ -132,26 +135,14 @@ class V1RowTracker(LogitsProcessor):
         return [self._rows[i] for i in range(n)]
 
 
-class V2RowSource:
-    """Placeholder for vLLM's model runner V2 (GPU builds' default).
-
-    To implement: a V2 logits processor (``add_request(req_idx, params)`` keeps
-    req_idx -> RowRef; ``apply(logits, ctx)`` gets the row -> req_idx mapping and positions) that
-    publishes the mapping *before* ``compute_logits`` runs; if V2 only exposes it in ``apply``, move
-    the division by τ from ``compute_logits`` into that processor and keep the hidden-state part
-    (the head's forward) in ``compute_logits``, stashed per row.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        raise NotImplementedError("vLLM model runner V2 is not supported yet by rollout.vllm_rows; "
-                                  "run with VLLM_USE_V2_MODEL_RUNNER=0 (the V1 runner)")
-
-
 def find_row_source(model_runner) -> V1RowTracker:
     """The row source living in a V1 model runner (the tracker vLLM built from logits_processors)."""
     procs = getattr(getattr(model_runner, "input_batch", None), "logitsprocs", None)
     if procs is None:  # V2 runners have no V1 input batch with logits processors
-        V2RowSource()  # raises with what to do
+        raise RuntimeError(
+            "vLLM runs its model runner V2, which rollout.vllm_rows does not attribute rows for; "
+            "run with VLLM_USE_V2_MODEL_RUNNER=0 (the V1 runner; rollout.vllm_compat.configure_env "
+            "sets it unless the environment already does)")
     for proc in procs.all:
         if isinstance(proc, V1RowTracker):
             return proc

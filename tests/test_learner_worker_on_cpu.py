@@ -284,6 +284,28 @@ def test_one_pass_update_equals_a_separate_old_pass(tiny_model_dir, engine, batc
         make_worker(tiny_model_dir, engine, mini_batches=2).update_theta(batch)
 
 
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_shared_prompts_give_the_same_values_gradients_and_steps(tiny_model_dir, engine, batch,
+                                                                 zero_stage):
+    """learner.share_prompt: each group's prompt runs once and its rows continue from its KV
+    cache. Old log-probs, entropies, the theta and phi steps equal those of whole-row forwards."""
+    runs = {}
+    for share in (True, False):
+        w = make_worker(tiny_model_dir, engine, micro_batch_size=8, share_prompt=share,
+                        zero_stage=zero_stage)
+        m = w._micro(batch, torch.arange(8))  # two groups of 4 rows
+        assert (m.prompt is not None) == share and (not share or len(m.prompt.ids) == 2)
+        old = w.compute_old_logprobs(batch, CANDIDATES)
+        runs[share] = (old, w.update_theta(batch, old), w.update_phi(batch), params(w))
+    (o1, t1, f1, p1), (o2, t2, f2, p2) = runs[True], runs[False]
+    for k in o1:
+        assert (o1[k] - o2[k]).abs().max() < 1e-5, k
+    for key in ("actor/grad_norm", "actor/pg_loss", "phi/grad_norm", "phi/pg_loss"):
+        got, want = (t1 | f1)[key], (t2 | f2)[key]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-7), key
+    assert max_diff(p1, p2) < 1e-4  # Adam's first step ~ lr * sign(g): see the 2-rank test
+
+
 def test_informative_rows_pads_to_equal_rank_slices():
     adv = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.5, 0.0, 0.0])
     assert informative_rows(adv).tolist() == [1, 3, 4]
