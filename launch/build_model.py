@@ -4,6 +4,7 @@ pre-trained from scratch on worked solutions of the synthetic maths tasks.
     python -m launch.build_model                 # build (or reuse) the cached default
     python -m launch.build_model --out DIR       # build into DIR
     python -m launch.build_model sft_steps=300   # override any TinyModelSpec field
+    python -m launch.build_model --out DIR hidden_size=512 num_layers=8 sft_steps=0   # random weights
 
 The result is an ordinary Hugging Face folder (config.json, model.safetensors, tokenizer files
 with a chat template) that loads in transformers and in vLLM. It is deliberately under-trained:
@@ -61,6 +62,7 @@ class TinyModelSpec:
     sft_examples: int = 60_000
     """generated (train split) worked solutions used for pre-training"""
     sft_steps: int = 1500
+    """0 = random weights (e.g. a larger model for ``launch.bench rollout --model``)"""
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -265,8 +267,8 @@ def build(spec: TinyModelSpec, out: Path) -> Path:
         "spec": dataclasses.asdict(spec),
         "build_version": BUILD_VERSION,
         "parameters": n_params,
-        "first_loss": losses[0],
-        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "first_loss": losses[0] if losses else None,  # None: sft_steps=0, random weights
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]) if losses else None,
         "build_seconds": round(time.time() - t0, 1),
     }
     (out / "tempo_build.json").write_text(json.dumps(meta, indent=2))

@@ -86,3 +86,13 @@ def test_pretraining_lowers_the_loss(tmp_path):
     meta = json.loads((out / "tempo_build.json").read_text())
     # the first loss is about ln(vocab) = ln(~300) = 5.7 for an untrained model
     assert meta["first_loss"] > 5.0 and meta["final_loss"] < 0.75 * meta["first_loss"]
+
+
+def test_sft_steps_zero_builds_a_random_weight_model(tmp_path):
+    """sft_steps=0: no pre-training (a random model of any size, for benchmarks), a loadable folder."""
+    from transformers import AutoModelForCausalLM
+
+    out = build(TinyModelSpec(**{**QUICK.__dict__, "sft_steps": 0, "hidden_size": 64}), tmp_path / "m")
+    meta = json.loads((out / "tempo_build.json").read_text())
+    assert meta["first_loss"] is None and meta["final_loss"] is None
+    assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 64
