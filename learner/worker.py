@@ -37,6 +37,7 @@ d hidden, K candidate temperatures. Heavy imports (deepspeed, transformers) happ
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -53,6 +54,8 @@ from learner.core_algos import masked_mean, phi_policy_loss, policy_loss
 from learner.logprobs import old_pass_stats, token_entropy, token_logprobs
 from meta.introllm import TemperatureHead
 from rollout.trajectory import TrajectoryBatch
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 _SUMMED = ("pg_loss", "kl_loss", "entropy")  # already divided by the global denominator
@@ -140,6 +143,8 @@ class LearnerWorker:
         torch_dtype = getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
         self.theta = ds_utils.build_engine(model, cfg.lr, cfg.weight_decay, theta_config)
+        self.share_prompt = cfg.share_prompt and _plain_kv_cache(model.config)
+        """rows sharing a prompt run it once (learner.share_prompt, where the KV cache allows)"""
         self.theta.eval()
         self.device = self.theta.device
         # stage 0 fp32 steps the bare AdamW, which never checks for NaN: the worker checks itself
@@ -180,7 +185,7 @@ class LearnerWorker:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         dev = self.device
         shared = None
-        if self.cfg.share_prompt:
+        if self.share_prompt and t > 1:  # t = 1: nothing continues from the prompt
             uniq, inverse = torch.unique(torch.cat([prompt * pmask, pmask], 1), dim=0,
                                          return_inverse=True)
             if len(uniq) < len(rows):
@@ -199,6 +204,8 @@ class LearnerWorker:
         position predicts response token 0, then one of the responses on the prompts' KV cache
         indexed per row. Gradients reach the prompt columns through the cache, summed over the
         rows sharing them: the same values and gradients as one forward of every row's prompt.
+        A DeepSpeed engine runs the prompts on its bare module, so that the engine's forward
+        (whose output hooks start its backward) runs once per micro-batch, as it expects.
         """
         keep = (lambda n: {"logits_to_keep": n}) if field == "logits" else (lambda n: {})
         p = m.prompt
@@ -206,11 +213,10 @@ class LearnerWorker:
             out = call(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos,
                        use_cache=False, **keep(m.t))
             return getattr(out, field)[:, -m.t:]
-        out = call(input_ids=p.ids, attention_mask=p.mask, position_ids=p.pos, use_cache=True,
+        bare = call.module if isinstance(call, ds_utils.engine_type()) else call
+        out = bare(input_ids=p.ids, attention_mask=p.mask, position_ids=p.pos, use_cache=True,
                    **keep(1))
         first = getattr(out, field)[:, -1:][p.inverse]  # (b, 1, .)
-        if m.t == 1:
-            return first
         cache = out.past_key_values
         cache.batch_select_indices(p.inverse)
         out = call(input_ids=m.ids[:, m.lp:], attention_mask=m.mask, position_ids=m.pos[:, m.lp:],
@@ -242,9 +248,19 @@ class LearnerWorker:
         out = self._old_buffers(B, T, candidates)
         for rows in _by_length(batch, torch.arange(B)).split(self.cfg.micro_batch_size):
             m = self._micro(batch, rows)
-            self._record_old(out, m, self._logits(self.theta, m), m.take(batch.tau, self.device),
-                             candidates)
+            tau = m.take(batch.tau, self.device)
+            ref = self._ref_logp(m, tau)  # before theta's logits: one (b, t, V) tensor at a time
+            self._record_old(out, m, self._logits(self.theta, m), tau, candidates, ref)
         return out
+
+    @torch.no_grad()
+    def _ref_logp(self, m: _Micro, tau: Tensor) -> Tensor | None:
+        """(b, t) log-probs of the response tokens under the frozen reference (None without)."""
+        if self.ref is None:
+            return None
+        cfg = self.cfg
+        return token_logprobs(self._logits(self.ref, m), m.tokens, tau, cfg.logprob_chunk,
+                              m.resp_mask, cfg.logprob_impl)
 
     def _old_buffers(self, B: int, T: int, candidates: list[float] | None) -> dict[str, Tensor]:
         names = ["old_logp", "entropy", "entropy_untempered"] + (["ref_logp"] if self.ref else [])
@@ -255,19 +271,17 @@ class LearnerWorker:
 
     @torch.no_grad()
     def _record_old(self, out: dict[str, Tensor], m: _Micro, logits: Tensor, tau: Tensor,
-                    candidates: list[float] | None) -> dict[str, Tensor]:
-        """The old-pass values of micro-batch m from its (b, t, V) logits into `out`'s rows;
-        returns them on the device: old_logp, entropy, entropy_untempered (b, t)[, ref_logp]."""
+                    candidates: list[float] | None, ref_logp: Tensor | None) -> None:
+        """The old-pass values of micro-batch m from its (b, t, V) logits (and the reference's
+        log-probs) into `out`'s rows: old_logp, entropy, entropy_untempered[, ref_logp, loglik]."""
         chunk, impl, mask = self.cfg.logprob_chunk, self.cfg.logprob_impl, m.resp_mask
         vals = old_pass_stats(logits.detach(), m.tokens, tau, mask, candidates, chunk, impl)
         if candidates is not None:
             out["loglik"][m.rows] = vals.pop("loglik").cpu()
-        if self.ref is not None:
-            vals["ref_logp"] = token_logprobs(self._logits(self.ref, m), m.tokens, tau, chunk,
-                                              mask, impl)
+        if ref_logp is not None:
+            vals["ref_logp"] = ref_logp
         for k, v in vals.items():
             out[k][m.rows, : m.t] = torch.where(mask, v, torch.zeros_like(v)).float().cpu()
-        return vals
 
     # ------------------------------------------------------------------ updates
 
@@ -374,13 +388,16 @@ class LearnerWorker:
 
         def loss_fn(m: _Micro, denominator: float, max_len: int):
             tau, mask = m.take(batch.tau, dev), m.resp_mask
+            if one_pass:  # the reference first: one (b, t, V) logits tensor at a time
+                ref = self._ref_logp(m, tau)
+            else:
+                ref = m.take(old["ref_logp"], dev) if self.ref is not None else None
             logits = self._logits(self.theta, m)  # (b, t, V)
             logp = token_logprobs(logits, m.tokens, tau, chunk, mask, cfg.logprob_impl)
             if one_pass:
-                ref = self._record_old(old, m, logits, tau, candidates).get("ref_logp")
+                self._record_old(old, m, logits, tau, candidates, ref)
                 old_logp = logp.detach()
             else:
-                ref = m.take(old["ref_logp"], dev) if self.ref is not None else None
                 old_logp = m.take(old["old_logp"], dev)
             ent = token_entropy(logits, tau, chunk, mask) if cfg.entropy_coef > 0 else None
             loss, stats = policy_loss(
@@ -605,6 +622,18 @@ def informative_rows(advantages: Tensor, world_size: int = 1, min_per_rank: int 
         pad = torch.nonzero(~nonzero).flatten()[: want - len(keep)]
         keep = torch.cat([keep, pad]).sort().values
     return keep
+
+
+def _plain_kv_cache(config) -> bool:
+    """True when every layer keeps a plain key/value cache (full or sliding-window attention),
+    which `Cache.batch_select_indices` re-indexes per row. Linear-attention / recurrent layers
+    keep other state: learner.share_prompt is then off (logged)."""
+    kinds = set(getattr(config, "layer_types", None) or ())
+    if kinds <= {"full_attention", "sliding_attention"}:
+        return True
+    log.warning("learner.share_prompt is off for this model: its layer types %s keep states "
+                "other than keys and values", sorted(kinds))
+    return False
 
 
 def _by_length(batch: TrajectoryBatch, rows: Tensor) -> Tensor:

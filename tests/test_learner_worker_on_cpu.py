@@ -296,7 +296,11 @@ def test_shared_prompts_give_the_same_values_gradients_and_steps(tiny_model_dir,
         m = w._micro(batch, torch.arange(8))  # two groups of 4 rows
         assert (m.prompt is not None) == share and (not share or len(m.prompt.ids) == 2)
         old = w.compute_old_logprobs(batch, CANDIDATES)
-        runs[share] = (old, w.update_theta(batch, old), w.update_phi(batch), params(w))
+        forward, calls = w.theta.forward, []
+        w.theta.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+        theta_stats = w.update_theta(batch, old)
+        assert len(calls) == 2  # one engine forward per micro-batch: its backward hooks expect it
+        runs[share] = (old, theta_stats, w.update_phi(batch), params(w))
     (o1, t1, f1, p1), (o2, t2, f2, p2) = runs[True], runs[False]
     for k in o1:
         assert (o1[k] - o2[k]).abs().max() < 1e-5, k
@@ -304,6 +308,16 @@ def test_shared_prompts_give_the_same_values_gradients_and_steps(tiny_model_dir,
         got, want = (t1 | f1)[key], (t2 | f2)[key]
         assert got == pytest.approx(want, rel=1e-4, abs=1e-7), key
     assert max_diff(p1, p2) < 1e-4  # Adam's first step ~ lr * sign(g): see the 2-rank test
+
+
+def test_share_prompt_only_where_the_kv_cache_is_plain():
+    from types import SimpleNamespace
+
+    from learner.worker import _plain_kv_cache
+
+    assert _plain_kv_cache(SimpleNamespace())  # no layer_types: Qwen2 / Llama
+    assert _plain_kv_cache(SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
+    assert not _plain_kv_cache(SimpleNamespace(layer_types=["linear_attention", "full_attention"]))
 
 
 def test_informative_rows_pads_to_equal_rank_slices():
