@@ -98,13 +98,6 @@ def ds_config(micro_batch_size: int, grad_clip: float, zero_stage: int,
     return cfg
 
 
-def engine_type() -> type:
-    """deepspeed's engine class (for isinstance checks without importing deepspeed at module load)."""
-    from deepspeed import DeepSpeedEngine
-
-    return DeepSpeedEngine
-
-
 def build_engine(module: torch.nn.Module, lr: float, weight_decay: float, config: dict):
     """deepspeed.initialize with a torch AdamW client optimizer over the trainable parameters."""
     import deepspeed

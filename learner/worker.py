@@ -196,7 +196,7 @@ class LearnerWorker:
                       rm[:, :t].to(dev), shared)
 
     @staticmethod
-    def _response_outputs(call, m: _Micro, field: str) -> Tensor:
+    def _response_outputs(call, bare, m: _Micro, field: str) -> Tensor:
         """(b, t, .) `field` ("logits" or "last_hidden_state") of `call`'s output at the t
         positions that predict the response tokens; only those positions reach the LM head.
 
@@ -204,8 +204,9 @@ class LearnerWorker:
         position predicts response token 0, then one of the responses on the prompts' KV cache
         indexed per row. Gradients reach the prompt columns through the cache, summed over the
         rows sharing them: the same values and gradients as one forward of every row's prompt.
-        A DeepSpeed engine runs the prompts on its bare module, so that the engine's forward
-        (whose output hooks start its backward) runs once per micro-batch, as it expects.
+        `bare` runs the prompts: a DeepSpeed engine's own module, so that the engine's forward
+        (whose output hooks start its backward) runs once per micro-batch, as it expects; else
+        `call` itself.
         """
         keep = (lambda n: {"logits_to_keep": n}) if field == "logits" else (lambda n: {})
         p = m.prompt
@@ -213,7 +214,6 @@ class LearnerWorker:
             out = call(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos,
                        use_cache=False, **keep(m.t))
             return getattr(out, field)[:, -m.t:]
-        bare = call.module if isinstance(call, ds_utils.engine_type()) else call
         out = bare(input_ids=p.ids, attention_mask=p.mask, position_ids=p.pos, use_cache=True,
                    **keep(1))
         first = getattr(out, field)[:, -1:][p.inverse]  # (b, 1, .)
@@ -225,12 +225,14 @@ class LearnerWorker:
 
     def _logits(self, model, m: _Micro) -> Tensor:
         """(b, t, V) untempered logits of the response tokens."""
-        return self._response_outputs(model, m, "logits")
+        bare = self.theta.module if model is self.theta else model
+        return self._response_outputs(model, bare, m, "logits")
 
     @torch.no_grad()
     def _hidden(self, m: _Micro) -> Tensor:
         """(b, t, d) final post-norm hidden states h_t of the response positions, detached."""
-        return self._response_outputs(self.theta.module.get_decoder(), m, "last_hidden_state")
+        backbone = self.theta.module.get_decoder()
+        return self._response_outputs(backbone, backbone, m, "last_hidden_state")
 
     @torch.no_grad()
     def compute_old_logprobs(self, batch: TrajectoryBatch,

@@ -87,12 +87,15 @@ class TemperatureHead(nn.Module):
         x = F.linear(hidden.to(dtype), self.fc1.weight.to(dtype), self.fc1.bias.to(dtype))
         return F.linear(F.relu(x), self.fc2.weight.to(dtype), self.fc2.bias.to(dtype))
 
+    def gate_and_shapes(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """hidden (..., d) -> gate logit u_c (...,) and the Beta shapes (..., 2): alpha, beta."""
+        u = self(hidden)
+        return u[..., 0], F.softplus(u[..., 1:]) + self.eps
+
     def distribution_params(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """hidden (..., d) -> gate logit u_c, alpha, beta, each (...,)."""
-        u = self(hidden)
-        alpha = F.softplus(u[..., 1]) + self.eps
-        beta = F.softplus(u[..., 2]) + self.eps
-        return u[..., 0], alpha, beta
+        gate_logit, shapes = self.gate_and_shapes(hidden)
+        return gate_logit, shapes[..., 0], shapes[..., 1]
 
     def log_prob(self, hidden: Tensor, gate: Tensor, z: Tensor, forced: Tensor) -> Tensor:
         """log pi_phi(a) (...,) of recorded actions; differentiable in the head's parameters.
@@ -173,9 +176,7 @@ class IntroLLM(TemperatureStrategy):
                              "engine must pass them because strategy.needs_hidden is True")
         mode = temperature_mode or self.temperature_mode
         self._check_mode(mode)
-        u = self.head(ctx.hidden)  # (N, 3) fp32: gate logit, then the Beta shapes' pre-activations
-        gate_logit = u[:, 0]
-        shapes = F.softplus(u[:, 1:]) + self.head.eps  # (N, 2) alpha, beta
+        gate_logit, shapes = self.head.gate_and_shapes(ctx.hidden)  # (N,), (N, 2) fp32
         alpha, beta = shapes[:, 0], shapes[:, 1]
         forced = ctx.positions == 0  # (N,) the first generated token always draws
         gate = torch.bernoulli(torch.sigmoid(gate_logit), generator=ctx.generator)
