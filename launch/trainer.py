@@ -1,6 +1,6 @@
 """The training loop on Ray actors: ``Trainer.setup / step / evaluate / save / fit``.
 
-One step (DESIGN.md):
+One step (docs/design.md, "One training step"):
 
     driver: prompts + meta.plan -> requests
     rollout actors -> ObjectRef(TrajectoryBatch) --> reward actor (scores, GRPO advantages)

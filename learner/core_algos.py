@@ -1,4 +1,4 @@
-"""GRPO maths with per-token temperature: advantages, PPO-clip loss, aggregation, KL (ALGORITHMS.md §1).
+"""GRPO maths with per-token temperature: advantages, PPO-clip loss, aggregation, KL (docs/algorithms.md §1).
 
 Pure functions in the style of verl's `trainer/ppo/core_algos.py`; with tau_t = T everywhere they
 reproduce verl's `compute_grpo_outcome_advantage`, `compute_policy_loss_vanilla` (without its
@@ -174,7 +174,7 @@ def phi_policy_loss(new_logp_phi: Tensor, old_logp_phi: Tensor, advantages: Tens
                     response_mask: Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
                     loss_agg_mode: str = "token-mean", max_len: int | None = None,
                     denominator: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """IntroLLM phi-phase: GRPO on the temperature actions (ALGORITHMS.md §2).
+    """IntroLLM phi-phase: GRPO on the temperature actions (docs/algorithms.md §2).
 
     Exactly `policy_loss` with rho_t = exp(log pi_phi,new(a_t) - log pi_phi,old(a_t)): same
     advantage, clip and aggregation. new_logp_phi (B, T) from `TemperatureHead.log_prob` on

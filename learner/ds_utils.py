@@ -1,6 +1,6 @@
 """DeepSpeed plumbing for the learner: process-group start-up, engine configs, collectives, copies.
 
-Everything here is mechanics, no RL maths. Known-good facts this module encodes (ENVIRONMENT.md):
+Everything here is mechanics, no RL maths. Known-good facts this module encodes:
 
 * DeepSpeed needs RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, else it tries MPI;
   `init_distributed` sets them (a single process gets rank 0 and a free port).

@@ -1,6 +1,6 @@
 """Token log-probabilities and entropies under per-token temperature, chunked over tokens.
 
-THE invariant of the project (ALGORITHMS.md §1): every log-prob uses the temperature that
+THE invariant of the project (docs/algorithms.md §1): every log-prob uses the temperature that
 sampled the token,
 
     log pi_theta(y_t | x, y_<t, tau_t) = log_softmax(z_t / tau_t)[y_t],
@@ -9,7 +9,7 @@ and a scalar temperature is the special case tau_t = T. All functions here flatt
 B*T rows and walk over them `chunk_size` rows at a time, so the largest temporary is one
 (chunk, V) tensor, never another full (B, T, V) copy. Maths runs in fp32 (fp64 if the logits are).
 
-Also TAMPO's candidate log-likelihoods l_k (ALGORITHMS.md §3, step 2), computed from the same
+Also TAMPO's candidate log-likelihoods l_k (docs/algorithms.md §3, step 2), computed from the same
 logits as the old-log-prob pass with the same per-chunk primitive.
 
 Two implementations (`impl`): "torch", the chunked reference above (the CPU path), and

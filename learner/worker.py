@@ -4,7 +4,7 @@ A plain object; a Ray actor wraps it (one actor per rank). Every public method e
 ``state_dict`` on ZeRO 0-2 is a collective: all ranks call it, in the same order, on slices of
 the same size (``TrajectoryBatch.split(world_size)``).
 
-Per step, on this rank's slice of the batch (ALGORITHMS.md §1-§3):
+Per step, on this rank's slice of the batch (docs/algorithms.md §1-§3):
 
     old = worker.compute_old_logprobs(batch, candidates)   # no grad: log pi_old with the recorded tau,
                                                            # entropies, TAMPO l_k from the same logits

@@ -1,4 +1,4 @@
-"""Heuristic temperature baselines (ALGORITHMS.md §4): fixed, linear, staged, EAD and EDT.
+"""Heuristic temperature baselines (docs/algorithms.md §4): fixed, linear, staged, EAD and EDT.
 
 * Fixed: one T for everything (TAMPO, arXiv 2602.11779, compares 0.9 / 1.2 / 1.5).
 * Linear: T(s) = t_start + (t_end - t_start) * s / (S - 1), default 0.9 -> 1.5 (TAMPO's baseline).

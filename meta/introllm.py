@@ -1,6 +1,6 @@
 """IntroLLM: a learned per-token temperature policy pi_phi(tau_t | h_t, tau_{t-1}) (arXiv 2602.13035).
 
-ALGORITHMS.md §2. A small head on the final post-norm hidden state h_t,
+docs/algorithms.md §2. A small head on the final post-norm hidden state h_t,
 
     u_t = W2 ReLU(W1 h_t + b1) + b2,   W1: d -> d/2,  W2: d/2 -> 3,   u_t = [u_c, u_alpha, u_beta],
 
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from meta.base import RowContext, TempDecision, TemperatureStrategy, check_positive, check_tau_bounds
 
-Z_CLAMP = 1e-6  # z is clamped to [Z_CLAMP, 1 - Z_CLAMP] inside log Beta (ALGORITHMS.md §2)
+Z_CLAMP = 1e-6  # z is clamped to [Z_CLAMP, 1 - Z_CLAMP] inside log Beta (docs/algorithms.md §2)
 
 
 def beta_log_prob(z: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:

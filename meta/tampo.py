@@ -1,6 +1,6 @@
 """TAMPO: temperature as a categorical meta-policy over K candidates (arXiv 2602.11779, ICLR 2026).
 
-ALGORITHMS.md §3. Per training step:
+docs/algorithms.md §3. Per training step:
 
 1. `plan` draws T from pi_{s-1} by nucleus sampling (top-p 0.7; top_p = 0 means argmax), one
    draw for the whole step (granularity "step", our reading) or one per prompt ("prompt").

@@ -88,7 +88,7 @@ def _tokenizer(path: str):
 
 
 def rollout_metrics(batch: TrajectoryBatch) -> dict[str, float]:
-    """verl-named rollout metrics plus the temperature statistics of ALGORITHMS.md §5."""
+    """verl-named rollout metrics plus the temperature statistics of docs/algorithms.md §5."""
     mask = batch.response_mask
     lengths = mask.sum(-1).float()
     rewards = batch.rewards

@@ -1,4 +1,4 @@
-"""GRPO advantages, PPO-clip loss, aggregation and KL (ALGORITHMS.md §1), checked by hand and by loops."""
+"""GRPO advantages, PPO-clip loss, aggregation and KL (docs/algorithms.md §1), checked by hand and by loops."""
 
 import math
 from collections import defaultdict

@@ -1,4 +1,4 @@
-"""Chunked per-token-temperature log-probs, entropies and TAMPO's l_k (ALGORITHMS.md §1, §3).
+"""Chunked per-token-temperature log-probs, entropies and TAMPO's l_k (docs/algorithms.md §1, §3).
 
 Run as a script to measure tampo_loglik's peak memory at full scale:
     PYTHONPATH=. python tests/test_learner_logprobs_on_cpu.py 4096 151936 10 512   # tokens vocab K chunk_size

@@ -1,4 +1,4 @@
-"""IntroLLM temperature head: log-probs, sampling rules, init, phi-loss gradients (ALGORITHMS.md §2)."""
+"""IntroLLM temperature head: log-probs, sampling rules, init, phi-loss gradients (docs/algorithms.md §2)."""
 
 import numpy as np
 import pytest

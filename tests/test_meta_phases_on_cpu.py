@@ -1,4 +1,4 @@
-"""IntroLLM coordinate-ascent schedule (ALGORITHMS.md §2)."""
+"""IntroLLM coordinate-ascent schedule (docs/algorithms.md §2)."""
 
 import pytest
 

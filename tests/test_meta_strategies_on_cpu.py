@@ -1,4 +1,4 @@
-"""Heuristic strategies, the shared select() path and the registry (ALGORITHMS.md §4)."""
+"""Heuristic strategies, the shared select() path and the registry (docs/algorithms.md §4)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""TAMPO meta-policy and sparsemax (ALGORITHMS.md §3)."""
+"""TAMPO meta-policy and sparsemax (docs/algorithms.md §3)."""
 
 import io
 import itertools
