@@ -149,6 +149,9 @@ class LearnerConfig:
     """optimizer steps per rollout batch (PPO mini-batches)"""
     clip_low: float = 0.2
     clip_high: float = 0.28
+    clip_ratio_c: Optional[float] = None
+    """verl's dual-clip: for A < 0 the token loss is capped at -clip_ratio_c * A (> 1; verl: 3.0);
+    null = off (our default: see conf/learner/grpo.yaml)"""
     loss_agg: str = "token-mean"
     """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm"""
     norm_adv_by_std: bool = True
@@ -179,6 +182,9 @@ class LearnerConfig:
                  "set e.g. learner.clip_low=0.2")
         _require(self.clip_high >= 0, "learner.clip_high", self.clip_high, "must be >= 0",
                  "set e.g. learner.clip_high=0.28")
+        _require(self.clip_ratio_c is None or self.clip_ratio_c > 1, "learner.clip_ratio_c",
+                 self.clip_ratio_c, "must be > 1 or null",
+                 "set e.g. learner.clip_ratio_c=3.0 (verl's default), or null to disable it")
         _require(self.logprob_impl in ("auto", "torch", "triton"), "learner.logprob_impl",
                  self.logprob_impl, "must be auto, torch or triton",
                  "set learner.logprob_impl=auto (triton on CUDA, torch on CPU)")

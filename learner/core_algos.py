@@ -1,8 +1,9 @@
 """GRPO maths with per-token temperature: advantages, PPO-clip loss, aggregation, KL (docs/algorithms.md §1).
 
 Pure functions in the style of verl's `trainer/ppo/core_algos.py`; with tau_t = T everywhere they
-reproduce verl's `compute_grpo_outcome_advantage`, `compute_policy_loss_vanilla` (without its
-dual-clip, which is off by default here), `agg_loss` and `kl_penalty("low_var_kl")`.
+reproduce verl's `compute_grpo_outcome_advantage`, `compute_policy_loss_vanilla` (its dual-clip
+is `clip_ratio_c`, off by default here, 3.0 in verl: see `learner.clip_ratio_c`), `agg_loss` and
+`kl_penalty("low_var_kl")`.
 Departures, all deliberate:
 
 * padded positions are removed with `torch.where` *before* exp / mul, so garbage (inf, NaN) in
@@ -110,7 +111,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
                 tis_cap: float | None = None, ref_logp: Tensor | None = None,
                 kl_coef: float = 0.0, entropy: Tensor | None = None,
                 entropy_coef: float = 0.0,
-                denominator: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                denominator: float | Tensor | None = None,
+                clip_ratio_c: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO-clip with asymmetric clip: L_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A).
 
     logp, old_logp, rollout_logp, ref_logp, entropy: (B, T), each computed with the temperature
@@ -120,14 +122,22 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
     KL: with ref_logp and kl_coef != 0, adds kl_coef * agg(kl_k3(logp, ref_logp)).
     Entropy bonus: with entropy and entropy_coef != 0, subtracts entropy_coef * agg(entropy).
     denominator: see `agg_loss` (micro-batches / ranks: their losses then sum to the batch's).
+    Dual-clip (verl's `clip_ratio_c`, arXiv 1912.09729): with clip_ratio_c = c (> 1), tokens with
+    A < 0 get L_t = min(L_t, -c A), so a huge ratio on a negative-advantage token adds at most
+    -c A (and no gradient); A >= 0 is unaffected, before the TIS weight as in verl. None = off:
+    the loss is the plain PPO-clip above, bit for bit.
     Returns (loss scalar, stats of detached scalars: pg_loss, pg_clipfrac, ppo_kl, ratio_mean,
-    ratio_max, and tis_weight_mean / tis_clipfrac / kl_loss / entropy when used).
+    ratio_max, and tis_weight_mean / tis_clipfrac / pg_clipfrac_lower (the share of tokens the
+    dual-clip caps, verl's name) / kl_loss / entropy when used).
     """
     if tis_cap is not None and not tis_cap > 0:
         raise ValueError(f"tis_cap ({tis_cap}) must be > 0 (or None to disable TIS); set e.g. tis_cap=2.0")
     if not (0 <= clip_low < 1 and clip_high >= 0):
         raise ValueError(f"clip_low ({clip_low}) must be in [0, 1) and clip_high ({clip_high}) >= 0; "
                          f"set e.g. clip_low=0.2, clip_high=0.28")
+    if clip_ratio_c is not None and not clip_ratio_c > 1:
+        raise ValueError(f"clip_ratio_c ({clip_ratio_c}) must be > 1 (or None to disable the "
+                         f"dual-clip); set e.g. clip_ratio_c=3.0")
     mask = response_mask.bool()
     zero = torch.zeros_like(logp)
     adv = torch.where(mask, _broadcast_advantages(advantages, logp).to(logp.dtype), zero)
@@ -137,6 +147,11 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
     pg_clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
     pg_losses = torch.maximum(pg_unclipped, pg_clipped)  # (B, T)
     stats: dict[str, Tensor] = {}
+    if clip_ratio_c is not None:
+        pg_capped = -adv * clip_ratio_c
+        negative = adv < 0
+        stats["pg_clipfrac_lower"] = masked_mean((negative & (pg_losses > pg_capped)).float(), mask)
+        pg_losses = torch.where(negative, torch.minimum(pg_losses, pg_capped), pg_losses)
     if rollout_logp is not None and tis_cap is not None:
         tis_log = torch.where(mask, old_logp - rollout_logp, zero).detach()
         tis_weight = torch.exp(tis_log).clamp(max=tis_cap)
@@ -173,12 +188,14 @@ def _clip_stats(log_ratio: Tensor, pg_unclipped: Tensor, pg_clipped: Tensor, mas
 def phi_policy_loss(new_logp_phi: Tensor, old_logp_phi: Tensor, advantages: Tensor,
                     response_mask: Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
                     loss_agg_mode: str = "token-mean", max_len: int | None = None,
-                    denominator: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                    denominator: float | Tensor | None = None,
+                    clip_ratio_c: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """IntroLLM phi-phase: GRPO on the temperature actions (docs/algorithms.md §2).
 
     Exactly `policy_loss` with rho_t = exp(log pi_phi,new(a_t) - log pi_phi,old(a_t)): same
-    advantage, clip and aggregation. new_logp_phi (B, T) from `TemperatureHead.log_prob` on
-    detached hidden states (backbone frozen); old_logp_phi (B, T) the recorded behaviour log-probs.
+    advantage, clip (dual-clip included) and aggregation. new_logp_phi (B, T) from
+    `TemperatureHead.log_prob` on detached hidden states (backbone frozen); old_logp_phi (B, T)
+    the recorded behaviour log-probs.
     """
     return policy_loss(new_logp_phi, old_logp_phi, advantages, response_mask, clip_low, clip_high,
-                       loss_agg_mode, max_len, denominator=denominator)
+                       loss_agg_mode, max_len, denominator=denominator, clip_ratio_c=clip_ratio_c)

@@ -365,7 +365,8 @@ class LearnerWorker:
 
         Returns verl's names: actor/{pg_loss, pg_clipfrac, ppo_kl, ratio_mean, ratio_max,
         grad_norm, lr, entropy, skipped_nonfinite, optimizer_steps}, plus actor/{tis_weight_mean,
-        tis_clipfrac} with TIS, actor/kl_loss with KL, actor/entropy_loss with the entropy bonus.
+        tis_clipfrac} with TIS, actor/pg_clipfrac_lower with the dual-clip (learner.clip_ratio_c),
+        actor/kl_loss with KL, actor/entropy_loss with the entropy bonus.
         """
         return self._update_theta(batch, old, None)[0]
 
@@ -407,7 +408,7 @@ class LearnerWorker:
                 cfg.clip_low, cfg.clip_high, cfg.loss_agg, max_len,
                 rollout_logp=m.take(batch.logp_rollout, dev), tis_cap=cfg.tis_cap,
                 ref_logp=ref, kl_coef=cfg.kl_coef, entropy=ent, entropy_coef=cfg.entropy_coef,
-                denominator=denominator)
+                denominator=denominator, clip_ratio_c=cfg.clip_ratio_c)
             return loss, stats, logp
 
         lr = cfg.lr * ds_utils.warmup_factor(self.updates["theta"], cfg.warmup_steps)
@@ -422,7 +423,8 @@ class LearnerWorker:
         """IntroLLM phi-phase: GRPO on the recorded temperature actions, backbone frozen.
 
         Returns phi/{pg_loss, pg_clipfrac, ppo_kl, ratio_mean, ratio_max, grad_norm, lr,
-        gate_entropy, beta_entropy, skipped_nonfinite, optimizer_steps}.
+        gate_entropy, beta_entropy, skipped_nonfinite, optimizer_steps}, plus
+        phi/pg_clipfrac_lower with the dual-clip (learner.clip_ratio_c).
         """
         if self.phi is None:
             raise RuntimeError("update_phi needs the temperature head: build the LearnerWorker "
@@ -443,7 +445,8 @@ class LearnerWorker:
             new = self.phi(hidden, m.take(batch.gate, dev), m.take(batch.z, dev), forced)  # (b, t)
             loss, stats = phi_policy_loss(new, m.take(batch.logp_phi, dev),
                                           m.take(batch.advantages, dev), mask, cfg.clip_low,
-                                          cfg.clip_high, cfg.loss_agg, max_len, denominator)
+                                          cfg.clip_high, cfg.loss_agg, max_len, denominator,
+                                          clip_ratio_c=cfg.clip_ratio_c)
             with torch.no_grad():
                 gate_entropy, beta_entropy = head.entropy(hidden)
             stats["gate_entropy"] = masked_mean(gate_entropy, mask)

@@ -89,6 +89,7 @@ def test_linear_schedule_gets_total_steps_from_trainer():
     (["trainer.prompts_per_step=3", "rollout.group_size=3", "learner.num_ranks=2"],
      ["divisible", "num_ranks"]),
     (["learner.kl_coef=0.1"], ["learner.skip_zero_adv", "kl_coef", "skip_zero_adv=false"]),
+    (["learner.clip_ratio_c=1.0"], ["learner.clip_ratio_c", "1.0", "> 1 or null", "3.0"]),
 ])
 def test_bad_values_fail_with_key_value_rule_and_fix(overrides, needles):
     with pytest.raises(ConfigError) as err:
@@ -126,3 +127,8 @@ def test_cli_reports_config_error_before_starting(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "config error" in proc.stderr and "tau_min" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_dual_clip_is_off_by_default_and_takes_a_value():
+    assert compose_run().learner.clip_ratio_c is None
+    assert compose_run("learner.clip_ratio_c=3.0").learner.clip_ratio_c == 3.0

@@ -200,3 +200,80 @@ def test_micro_batch_losses_with_a_global_denominator_sum_to_the_batch_loss(mode
     parts = sum(agg_loss(loss_mat[s], mask[s], mode, max_len=5, denominator=denom)
                 for s in (slice(0, 2), slice(2, 3), slice(3, 6)))
     assert torch.allclose(parts, full)
+
+
+def two_by_two(clip_ratio_c):
+    """Rows A = -1 and A = +1, each with ratios [e^2, 1]; returns (loss, stats, grad)."""
+    logp = torch.zeros(2, 2, requires_grad=True)
+    old = torch.tensor([[-2.0, 0.0], [-2.0, 0.0]])  # logp - old = [2, 0] -> ratio [e^2, 1]
+    loss, st = policy_loss(logp, old, torch.tensor([-1.0, 1.0]), torch.ones(2, 2),
+                           clip_ratio_c=clip_ratio_c)
+    loss.backward()
+    return loss, st, logp.grad
+
+
+def test_dual_clip_caps_a_negative_advantage_with_a_huge_ratio_only():
+    e2 = E ** 2  # 7.389 > clip_ratio_c = 3
+    # per-token losses: A = -1: [max(e^2, 1.28) = e^2 -> min(e^2, 3) = 3, 1]; A = +1: [max(-e^2, -1.28)
+    # = -1.28 (the upper clip, untouched by the dual-clip), -1]; token-mean (3 + 1 - 1.28 - 1) / 4
+    loss, st, grad = two_by_two(3.0)
+    assert loss.item() == pytest.approx((3.0 + 1.0 - 1.28 - 1.0) / 4)
+    assert st["pg_clipfrac_lower"].item() == pytest.approx(1 / 4)  # one token of four is capped
+    assert st["pg_clipfrac"].item() == pytest.approx(1 / 4)  # the PPO clip as before (A = +1, e^2)
+    # the capped token has no gradient; d(-A ratio)/dlogp = -A ratio = 1 and -1 at ratio 1
+    torch.testing.assert_close(grad, torch.tensor([[0.0, 0.25], [0.0, -0.25]]))
+    # off: the negative-advantage token keeps its e^2, and gets the gradient e^2 / 4
+    loss, st, grad = two_by_two(None)
+    assert loss.item() == pytest.approx((e2 + 1.0 - 1.28 - 1.0) / 4)
+    assert "pg_clipfrac_lower" not in st
+    torch.testing.assert_close(grad, torch.tensor([[e2 / 4, 0.25], [0.0, -0.25]]))
+    # the cap scales with |A|: A = -0.5 at ratio e^2 -> min(0.5 e^2, 3 * 0.5) = 1.5
+    logp, old, _, mask = three_tokens(2.0, -0.5)
+    assert policy_loss(logp, old, torch.tensor([-0.5]), mask, clip_ratio_c=3.0)[0].item() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match=r"clip_ratio_c \(1.0\) must be > 1"):
+        two_by_two(1.0)
+
+
+def plain_ppo_clip(logp, old_logp, advantages, response_mask, rollout_logp, tis_cap=2.0):
+    """The PPO-clip + TIS loss (token-mean) as written before the dual-clip existed."""
+    mask = response_mask.bool()
+    zero = torch.zeros_like(logp)
+    adv = torch.where(mask, advantages[:, None].expand_as(logp), zero)
+    ratio = torch.exp(torch.where(mask, logp - old_logp, zero).clamp(-20.0, 20.0))
+    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.28))
+    pg = pg * torch.exp(torch.where(mask, old_logp - rollout_logp, zero)).clamp(max=tis_cap)
+    return torch.where(mask, pg, zero).sum() / mask.sum()
+
+
+def test_dual_clip_off_is_the_plain_ppo_clip_bit_for_bit():
+    x = random_inputs(3)
+    x["logp"] = x["old_logp"] + 1.5 * torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    args = (x["old_logp"], x["advantages"], x["response_mask"])
+    ratio = torch.exp(x["logp"] - x["old_logp"])[x["response_mask"]]
+    neg = (x["advantages"][:, None] < 0).expand(4, 6)[x["response_mask"]]
+    assert (ratio[neg] > 3).any()  # the case has tokens the dual-clip would cap
+    results = []
+    for kwargs in ({}, {"clip_ratio_c": None}, "reference"):
+        logp = x["logp"].clone().requires_grad_(True)
+        if kwargs == "reference":
+            loss = plain_ppo_clip(logp, *args, x["rollout_logp"])
+        else:
+            loss, _ = policy_loss(logp, *args, rollout_logp=x["rollout_logp"], tis_cap=2.0, **kwargs)
+        loss.backward()
+        results.append((loss.detach(), logp.grad))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+    # on, with every ratio below the cap: still the same loss and gradient, bit for bit
+    logp = (x["old_logp"] + 0.1).requires_grad_(True)  # ratio e^0.1 < 3
+    on, st = policy_loss(logp, *args, clip_ratio_c=3.0)
+    off, _ = policy_loss(logp, *args)
+    assert torch.equal(on, off) and st["pg_clipfrac_lower"].item() == 0.0
+    assert torch.equal(torch.autograd.grad(on, logp)[0], torch.autograd.grad(off, logp)[0])
+
+
+def test_phi_loss_takes_the_dual_clip_too():
+    x = random_inputs(4)
+    logp = x["old_logp"] + 2.0  # ratio e^2 everywhere
+    a = phi_policy_loss(logp, x["old_logp"], x["advantages"], x["response_mask"], clip_ratio_c=3.0)
+    b = policy_loss(logp, x["old_logp"], x["advantages"], x["response_mask"], clip_ratio_c=3.0)
+    assert torch.equal(a[0], b[0]) and a[1]["pg_clipfrac_lower"].item() > 0

@@ -392,3 +392,21 @@ def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engi
     # Adam's first step is ~lr * sign(g): where g is ~0, summation-order noise moves an element by
     # a fraction of lr (1e-3); a wrong mini-batch or rank assignment moves many by ~lr
     assert max_diff(w0, params(single)) < 1e-4
+
+
+def test_dual_clip_reaches_both_phases_and_logs_the_share_it_caps(tiny_model_dir, engine, batch):
+    """learner.clip_ratio_c: with log pi_old 2 below log pi (ratio e^2 > 3) every token of a
+    negative-advantage response is capped, in the theta and the phi phase; off, nothing is logged."""
+    mask = batch.response_mask
+    share = float(((batch.advantages < 0)[:, None] & mask).sum() / mask.sum())
+    assert 0 < share < 1
+    shifted = batch.select(list(range(len(batch))))
+    shifted.logp_phi = batch.logp_phi - 2.0  # the phi phase's pi_old is the behaviour log-prob
+    w = make_worker(tiny_model_dir, engine, clip_ratio_c=3.0)
+    old = w.compute_old_logprobs(batch)
+    stats = w.update_theta(batch, {**old, "old_logp": old["old_logp"] - 2.0})
+    assert stats["actor/pg_clipfrac_lower"] == pytest.approx(share, abs=1e-6)
+    assert w.update_phi(shifted)["phi/pg_clipfrac_lower"] == pytest.approx(share, abs=1e-6)
+    off = make_worker(tiny_model_dir, engine)
+    assert "actor/pg_clipfrac_lower" not in off.update_theta(batch, off.compute_old_logprobs(batch))
+    assert "phi/pg_clipfrac_lower" not in off.update_phi(shifted)
