@@ -8,8 +8,12 @@ Departures, all deliberate:
 
 * padded positions are removed with `torch.where` *before* exp / mul, so garbage (inf, NaN) in
   padding changes neither the loss nor its gradient (verl multiplies by the mask);
-* `seq-mean-token-sum-norm` divides the token sum by max_len and averages over the B sequences
-  (Dr.GRPO; current verl with a global batch size). Older verl omitted the 1/B.
+* `seq-mean-token-sum-norm` is sum_i sum_t L_it / (B * max_len): B the number of responses (every
+  row, empty ones included, or the caller's global `denominator`), max_len the padded response
+  width (the caller's constant, default T), i.e. Dr.GRPO's mean over responses of the token sums
+  over a constant length. verl's `agg_loss` divides the same token sum by its loss_scale_factor
+  only (default `loss_mask.shape[-1]`, our max_len), with no 1/B: ours is verl's value / B, the
+  same gradient direction at 1/B the scale (under AdamW that shows through grad_clip and eps).
 * IntroLLM's phi-phase loss is `policy_loss` over temperature-action log-probs
   (`phi_policy_loss`): one copy of the clip maths for both phases.
 
@@ -68,8 +72,9 @@ def agg_loss(loss_mat: Tensor, response_mask: Tensor, mode: str = "token-mean",
     token-mean: sum over counted tokens / number of counted tokens (DAPO; verl default).
     seq-mean-token-mean: mean over sequences with >= 1 counted token of each one's token mean
         (original GRPO).
-    seq-mean-token-sum-norm: sum_i sum_t loss / (B * max_len) (Dr.GRPO); max_len defaults to T,
-        as verl's loss_scale_factor does.
+    seq-mean-token-sum-norm: sum_i sum_t loss / (B * max_len) (Dr.GRPO), B = this call's rows
+        (empty ones included) or `denominator`; max_len defaults to T, as verl's
+        loss_scale_factor does. verl divides by that factor only (no 1/B; module doc).
     """
     if mode not in LOSS_AGG_MODES:
         raise ValueError(f"unknown loss_agg_mode {mode!r}; supported: {list(LOSS_AGG_MODES)}")

@@ -277,3 +277,14 @@ def test_phi_loss_takes_the_dual_clip_too():
     a = phi_policy_loss(logp, x["old_logp"], x["advantages"], x["response_mask"], clip_ratio_c=3.0)
     b = policy_loss(logp, x["old_logp"], x["advantages"], x["response_mask"], clip_ratio_c=3.0)
     assert torch.equal(a[0], b[0]) and a[1]["pg_clipfrac_lower"].item() > 0
+
+
+def test_seq_mean_token_sum_norm_is_verls_value_over_the_number_of_responses():
+    """verl's agg_loss: sum(token sums) / loss_scale_factor (default loss_mask.shape[-1]), no 1/B."""
+    g = torch.Generator().manual_seed(2)
+    loss = torch.randn(5, 7, generator=g)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 0, 5, 1])[:, None]  # an empty row counts in B
+    verl = (loss * mask).sum(-1).sum() / mask.shape[-1]
+    torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm"), verl / 5)
+    torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm", max_len=10),
+                               (loss * mask).sum() / (5 * 10))
