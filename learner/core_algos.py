@@ -40,6 +40,9 @@ def compute_grpo_advantages(rewards: Tensor, group_index: Tensor, norm_by_std: b
     prompt (any integers, not necessarily contiguous). std is torch.std (unbiased, n - 1), as in
     verl. A group of size 1 uses mean 0 and std 1, exactly like verl, so a lone response gets
     A = r / (1 + eps) (or r without std normalisation).
+    A group (of 2 or more) whose rewards are all equal gets exactly 0: float32 rounding of its
+    mean (e.g. seven rewards of 0.9 with reward.format_weight > 0) would otherwise leave a
+    ~1e-8 difference that (std ~1e-8 + eps) turns into |A| ~0.05, a gradient from no signal.
     """
     _, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
     r = rewards.detach() if rewards.is_floating_point() else rewards.detach().float()
@@ -51,7 +54,10 @@ def compute_grpo_advantages(rewards: Tensor, group_index: Tensor, norm_by_std: b
     single = counts == 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(std), std)
-    centred = r - mean[inverse]  # (B,)
+    high = torch.full_like(n, -math.inf).scatter_reduce(0, inverse, r, "amax")
+    low = torch.full_like(n, math.inf).scatter_reduce(0, inverse, r, "amin")
+    equal = ((high == low) & ~single)[inverse]  # (B,)
+    centred = torch.where(equal, torch.zeros_like(r), r - mean[inverse])  # (B,)
     return centred / (std[inverse] + eps) if norm_by_std else centred
 
 

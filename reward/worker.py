@@ -116,7 +116,10 @@ def rollout_metrics(batch: TrajectoryBatch) -> dict[str, float]:
 
 
 def _frac_zero_std(rewards: torch.Tensor, group_index: torch.Tensor) -> float:
-    """TRL's frac_reward_zero_std: share of groups whose rewards are all equal (no signal)."""
+    """TRL's frac_reward_zero_std: share of groups whose rewards are all equal (no signal).
+
+    Tested as max == min, the rule that gives such a group advantage 0 (a float32 std of equal
+    non-binary rewards can be ~1e-8, not 0)."""
     groups = group_index.unique()
-    zero = sum(bool(rewards[group_index == g].std(unbiased=False) == 0) for g in groups)
+    zero = sum(bool(r.max() == r.min()) for r in (rewards[group_index == g] for g in groups))
     return zero / len(groups)

@@ -288,3 +288,16 @@ def test_seq_mean_token_sum_norm_is_verls_value_over_the_number_of_responses():
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm"), verl / 5)
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm", max_len=10),
                                (loss * mask).sum() / (5 * 10))
+
+
+@pytest.mark.parametrize("norm_by_std", [True, False])
+def test_a_group_of_equal_non_binary_rewards_gets_exactly_zero_advantage(norm_by_std):
+    # float32 means of seven 0.9s / eight 0.1s miss the value by ~1e-8, which (std ~1e-8 + eps)
+    # turned into |A| of 0.056 / 0.007 before the explicit equality test
+    rewards = torch.tensor([0.9] * 7 + [0.1] * 8 + [1.0, 0.1, 0.1] + [0.8])
+    index = torch.tensor([0] * 7 + [1] * 8 + [2] * 3 + [3])
+    got = compute_grpo_advantages(rewards, index, norm_by_std=norm_by_std)
+    assert torch.equal(got[:15], torch.zeros(15))
+    want = grpo_advantages_loop(rewards, index, norm_by_std)  # a mixed group and a lone response
+    torch.testing.assert_close(got[15:], want[15:], atol=1e-6, rtol=1e-6)
+    assert got[18].item() == pytest.approx(0.8 / (1 + 1e-6) if norm_by_std else 0.8)

@@ -88,3 +88,18 @@ def test_evaluation_plans_do_not_shift_the_training_plans():
     assert b.plan(0, 8) == first
     b.plan(1, 50, for_eval=True)  # an evaluation between two training steps
     assert a.plan(1, 8) == b.plan(1, 8)
+
+
+def test_equal_format_rewards_give_zero_advantage_and_count_as_zero_std():
+    """reward.format_weight = 0.1: eight boxed wrong answers all score 0.1 (not exactly
+    representable), so the group has no signal: advantage exactly 0, counted by frac_reward_zero_std."""
+    w = RewardWorker(num_workers=0, format_weight=0.1)
+    try:
+        texts = ["\\boxed{5}"] * 8 + ["\\boxed{4}", "\\boxed{5}"]
+        scored, metrics = w.score(batch_with(texts, [0] * 8 + [1, 1], ["4"] * 10, [1] * 10))
+    finally:
+        w.close()
+    assert torch.equal(scored.rewards[:8], torch.full((8,), 0.1))
+    assert torch.equal(scored.advantages[:8], torch.zeros(8))
+    assert scored.advantages[8] > 0 > scored.advantages[9]
+    assert metrics["frac_reward_zero_std"] == 0.5
