@@ -134,6 +134,12 @@ class RolloutConfig:
                  "remove the override (control exploration with meta=... instead)")
 
 
+LOGPROB_CHUNK = 1024
+"""(our default) rows per chunk of the passes over the vocabulary (log-probs, entropies, TAMPO's
+l_k): the largest temporary is one (chunk, V) fp32 tensor, 622 MB at V = 151,936. The default of
+learner.logprob_chunk and of the functions in learner.logprobs."""
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     num_ranks: int = 1
@@ -160,7 +166,7 @@ class LearnerConfig:
     tis_cap: Optional[float] = 2.0
     """truncated importance sampling cap vs the engine's log-probs; null = off"""
     entropy_coef: float = 0.0
-    logprob_chunk: int = 1024
+    logprob_chunk: int = LOGPROB_CHUNK
     """tokens per chunk when computing log-probs over the vocabulary"""
     logprob_impl: str = "auto"
     """auto | torch | triton: triton = one pass over the logits for every tempered log-prob,

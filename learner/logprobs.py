@@ -25,11 +25,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from launch.config import LOGPROB_CHUNK
 from learner import fused_logprobs
 
 IMPLS = ("auto", "torch", "triton")
 
-DEFAULT_CHUNK = 512  # (our default) rows per chunk: one (512, 151936) fp32 temporary = 311 MB
+DEFAULT_CHUNK = LOGPROB_CHUNK  # learner.logprob_chunk's default, defined once in launch.config
 
 
 def _compute_dtype(logits: Tensor) -> torch.dtype:

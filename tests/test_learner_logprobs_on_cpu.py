@@ -135,3 +135,15 @@ if __name__ == "__main__":
     n, v, k, c = (int(a) for a in sys.argv[1:5])
     r = measure_peak(n, v, k, c)
     print(f"logits {r['logits_bytes'] / 1e9:.2f} GB, peak growth {r['growth_bytes'] / 1e9:.3f} GB")
+
+
+def test_the_chunk_default_is_the_configs():
+    """One default for learner.logprob_chunk and the functions' chunk_size (it was 1024 vs 512)."""
+    import inspect
+
+    from launch.config import LearnerConfig
+    from learner.logprobs import old_pass_stats
+
+    for fn in (token_logprobs, token_entropy, tampo_loglik, old_pass_stats):
+        assert inspect.signature(fn).parameters["chunk_size"].default == LearnerConfig().logprob_chunk
+    assert LearnerConfig().logprob_chunk == 1024
