@@ -15,8 +15,9 @@ kill the process doing it. So:
 * an answer past its deadline gets reward 0 and counts as a time-out; its worker is killed by
   its own PID (SIGKILL) and a new one is started, which becomes available once ready, while the
   other workers go on;
-* an exception in the scorer gives reward 0 and counts as an error (the worker lives on; the
-  first message per batch is logged). A worker that dies mid-answer (segfault, OOM kill)
+* an exception in the scorer, or a reward outside [0, 1] (NaN included: ``check_reward``, applied
+  by ``score_item`` here and in process alike), gives reward 0 and counts as an error (the worker
+  lives on; the first message per batch is logged). A worker that dies mid-answer (segfault, OOM kill)
   counts as an error and is replaced. A worker that dies before it is ready raises
   ``RuntimeError``: that is a broken install, not a bad answer.
 
@@ -44,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 
-from reward.score import check_format_weight, check_task, score
+from reward.score import check_format_weight, check_reward, check_task, score
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ READY_TIMEOUT_S = 120.0
 """how long a new worker may take to import and warm up before the pool gives up"""
 _SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _WARMUP_ITEM = ("math", "\\boxed{\\frac{1}{2}}", "0.5", None)
+
+
+def score_item(score_fn: ScoreFn, item: Item, format_weight: float) -> float:
+    """One item's reward, checked (``check_reward``): what a worker and the in-process path run."""
+    return check_reward(score_fn(*item, format_weight=format_weight))
 
 
 def _worker_main(conn: Connection, score_fn: ScoreFn, format_weight: float, warmup: bool) -> None:
@@ -74,10 +80,7 @@ def _worker_main(conn: Connection, score_fn: ScoreFn, format_weight: float, warm
             return
         index, item = msg
         try:
-            reward = float(score_fn(*item, format_weight=format_weight))
-            if not 0.0 <= reward <= 1.0:  # also catches NaN
-                raise ValueError(f"reward {reward} is outside [0, 1]; fix the scorer")
-            conn.send((index, True, reward))
+            conn.send((index, True, score_item(score_fn, item, format_weight)))
         except Exception as exc:  # noqa: BLE001 - a verifier error must never kill the worker
             conn.send((index, False, f"{type(exc).__name__}: {str(exc)[:500]}"))
 
@@ -197,7 +200,7 @@ class RewardPool:
     def _score_in_process(self, items: Sequence[Item], rewards: list[float], stats: dict) -> None:
         for i, item in enumerate(items):
             try:
-                rewards[i] = float(self.score_fn(*item, format_weight=self.format_weight))
+                rewards[i] = score_item(self.score_fn, item, self.format_weight)
                 stats["num_scored"] += 1
             except Exception as exc:  # noqa: BLE001
                 self._log_error(stats, i, f"{type(exc).__name__}: {exc}")

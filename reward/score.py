@@ -40,6 +40,18 @@ def check_format_weight(format_weight: float) -> None:
         )
 
 
+def check_reward(reward: float) -> float:
+    """``reward`` as a float; ValueError unless it is in [0, 1] (NaN included): a scorer bug.
+
+    The pool applies it to every reward it returns, in worker processes and in process alike
+    (``reward.pool.score_item``), so both paths turn a bad value into an error, never a reward.
+    """
+    value = float(reward)
+    if not 0.0 <= value <= 1.0:  # also catches NaN
+        raise ValueError(f"reward {value} is outside [0, 1]; fix the scorer")
+    return value
+
+
 def correctness(task: str, response: str | bytes, gold: str, meta: dict | None = None) -> float:
     """1.0 if the response's final answer is correct for ``task``, else 0.0."""
     check_task(task)

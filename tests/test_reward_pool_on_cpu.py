@@ -6,7 +6,7 @@ import time
 import pytest
 
 from reward.pool import RewardPool
-from reward.score import score
+from reward.score import check_reward, score
 
 # A regression that stops killing stuck workers must fail, not hang the test run.
 pytestmark = pytest.mark.timeout(60, method="thread")
@@ -34,6 +34,8 @@ def flaky_score(task, response, gold, meta=None, format_weight=0.0):
         raise RuntimeError("verifier bug")
     if response == "nan":
         return float("nan")
+    if response in ("big", "negative"):
+        return 1.5 if response == "big" else -0.1
     return score(task, response, gold, meta, format_weight)
 
 
@@ -165,3 +167,17 @@ def test_close_stops_workers():
     assert not any(_alive(pid) for pid in pids)
     with pytest.raises(RuntimeError, match="after close"):
         pool.score_batch([("arith", r"\boxed{1}", "1", None)])
+
+
+def test_bad_rewards_are_errors_in_process_as_in_workers(flaky_pool):
+    """NaN and out-of-range rewards: reward 0 and an error on both paths (one check_reward)."""
+    items = [("arith", "nan", "1", None), ("arith", "big", "1", None),
+             ("arith", "negative", "1", None), ("arith", r"\boxed{1}", "1", None)]
+    local = RewardPool(num_workers=0, score_fn=flaky_score)
+    for pool in (local, flaky_pool):
+        rewards, stats = pool.score_batch(items)
+        assert rewards == [0.0, 0.0, 0.0, 1.0]
+        assert stats["errors"] == 3 and stats["num_scored"] == 1
+    assert check_reward(1) == 1.0 and check_reward(0.25) == 0.25
+    with pytest.raises(ValueError, match=r"reward nan is outside \[0, 1\]"):
+        check_reward(float("nan"))
