@@ -37,6 +37,20 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
               "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
 
 
+def rollout_seed(seed: int, step: int) -> int:
+    """The training rollout's sampling seed at `step` of a run with `seed` (a retried step repeats)."""
+    return seed * 100_003 + step
+
+
+def eval_seed(seed: int, step: int) -> int:
+    """The held-out evaluation's sampling seed at `step`: from the run's `seed`, so runs with
+    other seeds sample other held-out responses (and the same seed the same ones; `launch.evaluate`
+    repeats a run's evaluation). 7,919 + step at seed 0, as before; the training rollout's seed of
+    step + 7,919, so never a training step's in a run of fewer steps. Only the sampling: the
+    held-out problems are `launch.pipeline.load_data`'s."""
+    return rollout_seed(seed, 7_919 + step)
+
+
 class TrainingStopped(RuntimeError):
     """The run cannot go on (a learner rank died, updates keep failing); the message says why,
     names the last checkpoint and how to resume. ``launch.run`` prints it without a traceback."""
@@ -231,7 +245,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         phase = self.phase(step)
-        batch_refs = [a.generate.remote(p, step, self.run.seed * 100_003 + step)
+        batch_refs = [a.generate.remote(p, step, rollout_seed(self.run.seed, step))
                       for a, p in zip(self.rollout, parts) if p]
         scored_ref, rollout_metrics_ref = self.reward.score.options(num_returns=2).remote(*batch_refs)
         results = [lr.train_step.options(num_returns=2).remote(scored_ref, phase, self.candidates)
@@ -299,7 +313,7 @@ class Trainer:
         mode = "mean" if run.eval.temperature_mode == "mean" else "sample"
         ray.get([a.set_temperature_mode.remote(mode) for a in self.rollout])
         parts = _split_groups(reqs, len(self.rollout))
-        texts_refs = [a.generate_texts.remote(p, step, 7_919 + step, greedy)
+        texts_refs = [a.generate_texts.remote(p, step, eval_seed(run.seed, step), greedy)
                       for a, p in zip(self.rollout, parts) if p]
         texts = [t for ts in ray.get(texts_refs) for t in ts]
         ray.get([a.set_temperature_mode.remote("sample") for a in self.rollout])
