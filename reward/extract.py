@@ -3,13 +3,18 @@
 Every verifier in ``reward/`` reads its answer through :func:`last_boxed`, so the rule is
 stated once:
 
-* Only the last ``MAX_SCAN_CHARS`` characters of the response are examined. Final answers sit
-  at the end of a response; the cap keeps the cost of a 1 MB response the same as that of a
-  10 kB one. A ``\\boxed{`` that opens before the window is not seen.
-* Braces are matched with an explicit stack in one left-to-right pass over the window (linear
-  time, no recursion, so 10k nesting levels are fine). ``\\{``, ``\\}`` are literal braces (set
-  notation) and do not count; ``\\\\`` is a LaTeX line break. ``\\\\boxed`` (doubled
-  backslashes, as in JSON-escaped text that a model copied) still counts as ``\\boxed``.
+* The whole response is read, whatever its length: a correct answer followed by a long tail
+  (a model that kept talking) still counts. One reverse search (``str.rfind``, in C) finds the
+  last ``\\boxed``; the pass below starts there and stops as soon as that box closes, so the
+  text before it is never tokenised and the tail only up to the closing brace. Only when that
+  last box never closes (a response cut off by the token limit) does one pass run from the first
+  ``\\boxed`` to the end. Linear time either way.
+* Braces are matched with an explicit stack in one left-to-right pass (no recursion, so 10k
+  nesting levels are fine). Starting at a ``\\boxed`` gives the same matches as starting at the
+  beginning for every brace opened after it (braces closing earlier ones are stray there).
+  ``\\{``, ``\\}`` are literal braces (set notation) and do not count; ``\\\\`` is a LaTeX line
+  break. ``\\\\boxed`` (doubled backslashes, as in JSON-escaped text that a model copied) still
+  counts as ``\\boxed``.
 * "Last" means the ``\\boxed`` that opens last among those whose brace closes; an unclosed
   ``\\boxed{`` (a response cut off by the token limit) is skipped, and an earlier complete one
   is used. For nested ``\\boxed{\\boxed{1}}`` that is the inner one, ``1``. Stray closing braces
@@ -26,9 +31,6 @@ from __future__ import annotations
 
 import re
 
-MAX_SCAN_CHARS = 10_000
-"""how many characters at the end of a response are searched for the final \\boxed{}"""
-
 # One token per match: the \boxed command (with the whitespace and the optional brace that
 # follow it), a LaTeX line break, an escaped brace, or a bare brace. Everything else is skipped
 # by the regex engine in C, so the Python loop runs once per brace, not once per character.
@@ -36,28 +38,25 @@ _TOKEN = re.compile(r"(?P<box>\\+boxed(?![A-Za-z])\s*(?P<brace>\{)?)|\\\\|\\[{}]
 _UNBRACED_ARG = re.compile(r"[^\s${}]+")
 
 
-def _window(text: str | bytes) -> str:
-    """The last MAX_SCAN_CHARS characters of ``text``, decoded if it is bytes."""
+def _decoded(text: str | bytes) -> str:
+    """``text`` as str, decoded if it is bytes."""
     if isinstance(text, (bytes, bytearray)):
-        # A UTF-8 character is at most 4 bytes: slice first so a 1 GB input costs nothing.
-        text = bytes(text[-4 * MAX_SCAN_CHARS :]).decode("utf-8", errors="replace")
-    elif not isinstance(text, str):
+        return bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
         raise TypeError(
             f"last_boxed expects str or bytes, got {type(text).__name__}; "
             "pass the decoded response text"
         )
-    return text[-MAX_SCAN_CHARS:]
+    return text
 
 
-def last_boxed(text: str | bytes) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` in ``text``, or None (see module doc)."""
-    window = _window(text)
-    if "\\boxed" not in window:
-        return None
+def _scan(text: str, pos: int, first_only: bool) -> str | None:
+    """The stack pass from ``pos``: the content of the complete box that opens last (the first
+    one completed with ``first_only``, for a scan that starts at the last ``\\boxed``)."""
     stack: list[int] = []  # for each open brace: start of its \boxed content, or -1 for a plain {
     best_start = -1
     best: str | None = None
-    for m in _TOKEN.finditer(window):
+    for m in _TOKEN.finditer(text, pos):
         tok = m.group(0)
         if tok == "{":
             stack.append(-1)
@@ -65,16 +64,31 @@ def last_boxed(text: str | bytes) -> str | None:
             if stack:
                 start = stack.pop()
                 if start >= 0 and start > best_start:
-                    best_start, best = start, window[start : m.start()]
+                    best_start, best = start, text[start : m.start()]
         elif m.group("box") is not None:
             if m.group("brace") is not None:  # \boxed{ : content starts after the brace
                 stack.append(m.end())
             else:  # \boxed 5 : one unbraced argument
-                arg = _UNBRACED_ARG.match(window, m.end())
+                arg = _UNBRACED_ARG.match(text, m.end())
                 if arg is not None and arg.start() > best_start:
                     best_start, best = arg.start(), arg.group(0)
         # \\ and \{ \} are consumed so that they never count as braces.
+        if first_only and best is not None:
+            return best
     return best
+
+
+def last_boxed(text: str | bytes) -> str | None:
+    """Content of the last complete ``\\boxed{...}`` in ``text``, or None (see module doc)."""
+    text = _decoded(text)
+    last = text.rfind("\\boxed")
+    if last < 0:
+        return None
+    found = _scan(text, last, first_only=True)  # no \boxed opens after it: the first is the last
+    if found is not None:
+        return found
+    first = text.find("\\boxed")  # the last box never closes: an earlier complete one counts
+    return _scan(text, first, first_only=False) if first < last else None
 
 
 def has_boxed(text: str | bytes) -> bool:

@@ -61,7 +61,7 @@ def test_math_long_text_and_invalid_utf8():
 def test_math_deep_nesting_scores_zero_without_parsing():
     t0 = time.perf_counter()
     assert math_reward(r"\boxed{" + "{" * 10_000 + "1" + "}" * 10_000 + "}", "1") == 0.0
-    # 400 levels fit the scan window; math-verify would need > 5 s, the depth cap answers at once
+    # 400 levels: math-verify would need > 5 s, the depth cap answers at once
     assert math_reward(r"\boxed{" + "(" * 400 + "1" + ")" * 400 + "}", "1") == 0.0
     assert time.perf_counter() - t0 < 0.5
     # realistic nesting is still parsed: 1/(1 + 1/(1 + 1/2)) = 1/(1 + 2/3) = 3/5
