@@ -110,7 +110,15 @@ class RolloutConfig:
     """vllm on CPU: VLLM_CPU_KVCACHE_SPACE"""
     gpu_memory_utilization: float = 0.5
     max_num_seqs: int = 256
-    enforce_eager: bool = True
+    enforce_eager: Optional[bool] = None
+    """vllm: null = CPU eager, GPU CUDA graphs (the head runs in compute_logits, outside them)"""
+    vllm_runner: str = "auto"
+    """vllm model runner: auto (vLLM's choice: V2 on GPU for dense models, V1 on CPU) | v1 | v2"""
+    engine_core: str = "auto"
+    """vllm engine core: auto (GPU: its own process, vLLM's default; CPU: inproc, measured
+    faster there) | inproc (in the rollout actor) | process (its own process)"""
+    tensor_parallel_size: int = 1
+    """vllm: ranks per engine (one worker process each when > 1)"""
     top_p: float = 1.0
     """must stay 1.0: vLLM's log-probs must be those of softmax(z / tau) (see README)"""
     top_k: int = -1
@@ -119,8 +127,12 @@ class RolloutConfig:
     def __post_init__(self):
         _require(self.engine in ("hf", "vllm"), "rollout.engine", self.engine,
                  "must be hf or vllm", "choose the group option rollout=hf or rollout=vllm")
+        _require(self.vllm_runner in ("auto", "v1", "v2"), "rollout.vllm_runner", self.vllm_runner,
+                 "must be auto, v1 or v2", "set rollout.vllm_runner=auto")
+        _require(self.engine_core in ("auto", "inproc", "process"), "rollout.engine_core",
+                 self.engine_core, "must be auto, inproc or process", "set rollout.engine_core=auto")
         for key in ("num_actors", "group_size", "max_new_tokens", "max_prompt_tokens",
-                    "batch_size", "kv_cache_gb", "max_num_seqs"):
+                    "batch_size", "kv_cache_gb", "max_num_seqs", "tensor_parallel_size"):
             value = getattr(self, key)
             _require(value >= 1, f"rollout.{key}", value, "must be >= 1",
                      f"set e.g. rollout.{key}={getattr(RolloutConfig, key)}")

@@ -1,4 +1,4 @@
-"""The one interface every sampling-temperature strategy implements (ALGORITHMS.md §2-§4).
+"""The one interface every sampling-temperature strategy implements (docs/algorithms.md §2-§4).
 
 A strategy answers two questions for the rollout engines:
 
@@ -18,6 +18,7 @@ Dimension vocabulary: P prompts, N rows being sampled at once, d hidden size, V 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -59,13 +60,34 @@ class TempDecision:
 
 
 class TemperatureStrategy:
-    """Base class: a stateless scalar strategy only needs to implement `temperature_at(step)`."""
+    """Base class: a stateless scalar strategy only needs to implement `temperature_at(step)`.
+
+    Every strategy can be rebuilt in another process from `spec()`, a plain dict (its name and
+    constructor arguments: numbers, strings, lists), with `meta.registry.strategy_from_spec`;
+    a rollout engine whose model runs in worker processes sends that, never the object.
+    """
 
     name: str = "base"
     per_token: bool = False
     """False: tau is constant per request (fixed / linear / staged / tampo)"""
     needs_hidden: bool = False
     needs_logits: bool = False
+    head = None
+    """the learned temperature head (`meta.introllm.TemperatureHead`) of a strategy that owns
+    one (its weights are trained by the learner and synced to the engines), else None"""
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        # bind_partial: copy/pickle call __new__ without arguments, then restore __dict__
+        bound = inspect.signature(cls.__init__).bind_partial(obj, *args, **kwargs)
+        bound.apply_defaults()
+        obj._init_kwargs = {k: v for k, v in list(bound.arguments.items())[1:]}
+        return obj
+
+    def spec(self) -> dict:
+        """{"name": ..., "kwargs": {...}}: what rebuilds this strategy (learned state excluded;
+        a head's weights travel with the model's, see `rollout.vllm_engine`)."""
+        return {"name": self.name, "kwargs": {k: _plain(v) for k, v in self._init_kwargs.items()}}
 
     def temperature_at(self, step: int) -> float:
         """The scalar temperature of a per-request schedule at training `step`."""
@@ -90,6 +112,16 @@ class TemperatureStrategy:
         if sd:
             raise ValueError(f"{type(self).__name__} has no state but got keys {sorted(sd)}; "
                              f"load a checkpoint written by the same strategy")
+
+
+def _plain(value):
+    """A constructor argument as plain data (tuples -> lists) for a serialised spec."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    raise TypeError(f"strategy argument {value!r} ({type(value).__name__}) is not plain data; "
+                    f"constructor arguments must be numbers, strings or lists of them")
 
 
 def check_positive(name: str, value: float, example: float) -> None:

@@ -192,6 +192,11 @@ class IntroLLM(TemperatureStrategy):
         f32 = torch.float32
         return TempDecision(tau=tau.to(f32), gate=gate.to(f32), z=z.to(f32), logp_phi=logp.to(f32))
 
+    def spec(self) -> dict:
+        spec = super().spec()
+        spec["kwargs"]["temperature_mode"] = self.temperature_mode  # may change after __init__
+        return spec
+
     def state_dict(self) -> dict:
         return self.head.state_dict()
 

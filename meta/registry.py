@@ -1,6 +1,6 @@
 """Build a temperature strategy by name: the one place a config string becomes a strategy object.
 
-Names: fixed, linear, staged, ead, edt, tampo, introllm (ALGORITHMS.md §2-§4). The keyword
+Names: fixed, linear, staged, ead, edt, tampo, introllm (docs/algorithms.md §2-§4). The keyword
 arguments are the strategy's constructor arguments, passed through unchanged.
 """
 
@@ -22,3 +22,11 @@ def build_strategy(name: str, **kwargs) -> TemperatureStrategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown temperature strategy {name!r}; supported: {sorted(STRATEGIES)}")
     return STRATEGIES[name](**kwargs)
+
+
+def strategy_from_spec(spec: dict) -> TemperatureStrategy:
+    """Rebuild a strategy from `TemperatureStrategy.spec()` (e.g. in a vLLM worker process)."""
+    if not isinstance(spec, dict) or set(spec) != {"name", "kwargs"}:
+        raise ValueError(f"a strategy spec is {{'name': str, 'kwargs': dict}} "
+                         f"(TemperatureStrategy.spec()); got {spec!r:.200}")
+    return build_strategy(spec["name"], **spec["kwargs"])

@@ -54,18 +54,23 @@ class HFEngine:
             if unexpected:
                 raise KeyError(f"weights not in the model: {unexpected[:5]}")
 
+    def set_strategy(self, strategy: TemperatureStrategy) -> None:
+        """Sample with ``strategy`` from the next generate() on."""
+        self.strategy = strategy
+
     @torch.no_grad()
     def generate(self, requests: list[RolloutRequest], step: int = 0, seed: int | None = None,
                  greedy: bool = False) -> TrajectoryBatch:
         """Sample one response per request; returns a validated TrajectoryBatch."""
         t0 = time.perf_counter()
+        self._select_s = 0.0
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         records: list[ResponseRecord] = []
         for s in range(0, len(requests), self.batch_size):
             records += self._generate_batch(requests[s : s + self.batch_size], step, gen, greedy)
         n_tokens = sum(len(r.token_ids) for r in records)
         elapsed = time.perf_counter() - t0
-        stats = {"gen_s": elapsed, "gen_tokens": float(n_tokens)}
+        stats = {"gen_s": elapsed, "gen_tokens": float(n_tokens), "select_s": self._select_s}
         return assemble_batch(requests, records, self.pad_id, step, stats)
 
     def _generate_batch(self, reqs, step, gen, greedy) -> list[ResponseRecord]:
@@ -94,7 +99,9 @@ class HFEngine:
                              base_tau=base_tau, step=step,
                              hidden=hidden if self.strategy.needs_hidden else None,
                              logits=logits if self.strategy.needs_logits else None, generator=gen)
+            t_sel = time.perf_counter()
             decision = self.strategy.select(ctx)
+            self._select_s += time.perf_counter() - t_sel
             tau = decision.tau if not greedy else torch.ones(b)
             logp_all = torch.log_softmax(logits / tau[:, None], dim=-1)  # (B, V)
             if greedy:

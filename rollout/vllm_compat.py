@@ -20,24 +20,67 @@ SUPPORTED_VLLM = ("0.32.",)
 SKIP_CHECK_ENV = "TEMPO_VLLM_SKIP_VERSION_CHECK"
 
 
-def configure_env(kv_cache_gb: float) -> None:
-    """Set the vLLM environment for an in-process engine (call before ``import vllm``).
+RUNNERS = ("auto", "v1", "v2")
+ENGINE_CORES = ("auto", "inproc", "process")
+_USER_RUNNER = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")  # as the user started the process
 
-    * ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in this process, so the strategy
-      object (and the IntroLLM head it shares with the model) is the same Python object on both
-      sides; records and weights move without serialisation.
-    * ``VLLM_USE_V2_MODEL_RUNNER=0``: the row attribution below is written for the V1 runner (the
-      default on CPU builds; GPU builds default to V2, whose logits-processor interface differs).
-    * ``VLLM_CPU_KVCACHE_SPACE``: the CPU KV cache in GiB (an integer; ignored on GPU).
+
+def configure_env(kv_cache_gb: float, *, runner: str = "auto", engine_core: str = "inproc",
+                  tensor_parallel_size: int = 1) -> None:
+    """Set the vLLM environment for one engine shape (call before ``LLM(...)``).
+
+    * ``runner``: vLLM's model runner: ``v1`` / ``v2`` set ``VLLM_USE_V2_MODEL_RUNNER``; ``auto``
+      leaves vLLM its own choice (V2 for dense models where Triton runs: GPU builds; V1 on CPU).
+    * ``engine_core``: ``inproc`` runs vLLM's engine core in this process
+      (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); ``process`` in its own process (vLLM's default).
+      Worker processes (``process``, or ``tensor_parallel_size > 1``) are spawned, never forked:
+      a Ray actor must spawn anyway, and spawned processes register the Tempo model classes
+      through the project's vLLM plugin (``rollout.vllm_plugin``).
+    * ``VLLM_CPU_KVCACHE_SPACE``: the CPU KV cache in GiB (an integer; ignored on GPU), and on CPU
+      with tensor parallelism ``VLLM_CPU_OMP_THREADS_BIND``: the process's CPUs split into one
+      group per rank (unless set).
     """
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    if runner not in RUNNERS or engine_core not in ("inproc", "process"):
+        raise ValueError(f"runner ({runner!r}) must be one of {RUNNERS} and engine_core "
+                         f"({engine_core!r}) inproc or process")
+    if int(tensor_parallel_size) != tensor_parallel_size or tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size ({tensor_parallel_size}) must be an integer >= 1")
     gb = int(round(kv_cache_gb))
     if gb < 1:
         raise ValueError(f"kv_cache_gb ({kv_cache_gb}) must be an integer >= 1 (vLLM's CPU KV cache "
                          f"is sized in whole GiB); set e.g. rollout.kv_cache_gb=1")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine_core == "process" else "0"
+    if runner == "auto":
+        if _USER_RUNNER is None:
+            os.environ.pop("VLLM_USE_V2_MODEL_RUNNER", None)
+        else:
+            os.environ["VLLM_USE_V2_MODEL_RUNNER"] = _USER_RUNNER
+    else:
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if runner == "v2" else "0"
+    if engine_core == "process" or tensor_parallel_size > 1:
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(gb)
+    if tensor_parallel_size > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_groups(tensor_parallel_size)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def cpu_groups(n: int) -> str:
+    """This process's CPUs in ``n`` contiguous groups, as VLLM_CPU_OMP_THREADS_BIND wants them
+    ("0|1", "0-3|4-7"); vLLM's own default binds by NUMA node and refuses more ranks than nodes."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    if len(cpus) < n:
+        raise ValueError(f"tensor_parallel_size={n} needs >= {n} CPUs on a CPU build of vLLM; this "
+                         f"process may use {len(cpus)}; lower rollout.tensor_parallel_size")
+    size = len(cpus) // n
+    groups = [cpus[i * size:(i + 1) * size] for i in range(n)]
+    def spell(g: list[int]) -> str:
+        if len(g) == 1:
+            return str(g[0])
+        return f"{g[0]}-{g[-1]}" if g[-1] - g[0] + 1 == len(g) else ",".join(map(str, g))
+
+    return "|".join(spell(g) for g in groups)
 
 
 def check_version(version: str) -> None:
@@ -58,8 +101,3 @@ def import_vllm():
 
     check_version(vllm.__version__)
     return vllm
-
-
-def uses_v2_runner(vllm_config) -> bool:
-    """True when the engine runs vLLM's model runner V2 (not supported yet, see vllm_rows)."""
-    return bool(getattr(vllm_config, "use_v2_model_runner", False))

@@ -8,23 +8,27 @@
 How it departs from plain vLLM sampling (see ``rollout.vllm_model`` / ``rollout.vllm_rows``):
 
 * the model class is ``Tempo<Arch>``: the checkpoint's vLLM class plus the temperature head; it
-  runs ``strategy.select`` on each sampled row in ``compute_logits`` and divides the row's logits
-  by its τ. Every strategy goes through that path (scalar ones return the request's base τ).
+  runs ``strategy.select`` on each sampled row and divides the row's logits by its τ. Every
+  strategy goes through that path (scalar ones return the request's base τ).
 * requests go out with temperature 1.0 (0 for greedy), top-p 1, top-k off, no penalties,
   ``logprobs=0``: vLLM's returned sampled-token log-prob is log_softmax(z / τ)[y], the rollout
   log-prob the learner must reproduce; one request per response (n = 1).
 * vLLM loads an overlay of the model folder (``rollout.vllm_overlay``) that names the Tempo
   architecture and holds head weights (initialised and saved there when the folder has none).
-* the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the strategy object
-  given here is the one the model calls, and an IntroLLM strategy's head *is* the model's head
-  module (its weights are the folder's), so ``engine.strategy.state_dict()`` is what samples.
+
+It runs in every shape vLLM does (``runner``, ``engine_core``, ``tensor_parallel_size``): model
+runner V1 or V2 (one row source each, ``rollout.vllm_rows``), the engine core in this process or
+in its own, one or more tensor-parallel worker processes. The strategy therefore lives in the
+worker processes: it is sent as its spec (``TemperatureStrategy.spec()``) and rebuilt there, an
+IntroLLM head's weights are the model's (the overlay's, then the weight syncs), and everything
+crosses the process boundary as plain data (``rollout.vllm_payload``). ``engine.strategy`` is the
+caller's object, used here only for what it declares (its spec, whether it has a head).
 
 A plain object: a Ray actor wraps it (``rollout.worker``). Heavy imports happen in ``__init__``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import re
@@ -40,13 +44,11 @@ from rollout.base import ResponseRecord, RolloutRequest, assemble_batch
 from rollout.trajectory import TrajectoryBatch
 from rollout.vllm_compat import configure_env, import_vllm
 from rollout.vllm_overlay import HEAD_PREFIX, build_overlay, checkpoint_keys, head_keys, read_config
+from rollout.vllm_payload import pack_state, unpack_state
 
 log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "rollout.vllm_worker.TempoWorkerExtension"
-_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
-                   "vllm.model_executor.model_loader.reload.inplace")
-_TIED_MODULES = ("model.embed_tokens", "lm_head")  # a tied LM head must be re-packed after these
 _LAYER = re.compile(r"^(.*?\.\d+)\.")  # "model.layers.3.mlp.up_proj.weight" -> "model.layers.3"
 
 
@@ -57,38 +59,62 @@ class VLLMEngine:
                  max_model_len: int, max_new_tokens: int, kv_cache_gb: int = 1,
                  gpu_memory_utilization: float = 0.5, max_num_seqs: int = 256,
                  enforce_eager: bool = True, seed: int = 0, head_dir: str | None = None,
+                 runner: str = "auto", engine_core: str = "inproc", tensor_parallel_size: int = 1,
                  **engine_kwargs):
-        """``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``max_num_batched_tokens``,
-        ``num_gpu_blocks_override``, ``block_size``, ``tensor_parallel_size``).
+        """``runner``: vLLM's model runner, ``auto`` (vLLM's own choice) | ``v1`` | ``v2``;
+        ``engine_core``: ``inproc`` (in this process) | ``process`` (its own, vLLM's default);
+        ``tensor_parallel_size``: ranks, one worker process each when > 1.
+        ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``max_num_batched_tokens``,
+        ``num_gpu_blocks_override``, ``block_size``).
         ``head_dir``: where the overlay folder lives (kept, and its head reused, across runs);
         None = a temporary folder removed by ``close``."""
         if max_new_tokens < 1 or max_model_len <= max_new_tokens:
             raise ValueError(f"need 1 <= max_new_tokens ({max_new_tokens}) < max_model_len "
                              f"({max_model_len}); set max_model_len = max prompt + max_new_tokens")
-        configure_env(kv_cache_gb)
+        configure_env(kv_cache_gb, runner=runner, engine_core=engine_core,
+                      tensor_parallel_size=tensor_parallel_size)
         import_vllm()
         from vllm import LLM, envs
 
         if hasattr(envs, "disable_envs_cache"):  # an earlier engine froze env lookups: re-read
             envs.disable_envs_cache()
 
-        from rollout.vllm_rows import V1RowTracker
-
         self.model_path = str(model_path)
         self.max_model_len, self.max_new_tokens, self.seed = max_model_len, max_new_tokens, seed
         self.strategy = strategy
+        self.shape = {"engine_core": engine_core, "tensor_parallel_size": int(tensor_parallel_size)}
+        self._remote = engine_core == "process"
+        """RPC payloads cross a process boundary as msgpack: tensors go packed"""
         architecture = self._prepare_folder(head_dir)
+        llm_kwargs = dict(model=str(self._overlay), tokenizer=self.model_path, dtype=dtype,
+                          max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                          enforce_eager=enforce_eager, seed=seed,
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          tensor_parallel_size=int(tensor_parallel_size),
+                          worker_extension_cls=WORKER_EXTENSION, **engine_kwargs)
+        if tensor_parallel_size > 1:
+            llm_kwargs.setdefault("distributed_executor_backend", "mp")
+        if engine_kwargs.get("enable_batch_sharded_sampling"):
+            raise ValueError("enable_batch_sharded_sampling=True makes vLLM's runner V2 compute "
+                             "logits through compute_logits_local, bypassing the per-token "
+                             "temperature; leave it off")
+        use_v2 = _uses_v2_runner(runner, llm_kwargs)
+        self.shape["runner"] = "v2" if use_v2 else "v1"
+        from rollout.vllm_rows import row_source_class
+
+        llm_kwargs["logits_processors"] = [row_source_class(use_v2)]
+        if use_v2:  # V2 divides in its logits processor: log-probs after it (rollout.vllm_rows)
+            llm_kwargs["logprobs_mode"] = "processed_logprobs"
         self.llm = None
         t0 = time.perf_counter()
         set_num_threads = torch.set_num_threads
         try:
-            self.llm = LLM(model=str(self._overlay), tokenizer=self.model_path, dtype=dtype,
-                           max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                           enforce_eager=enforce_eager, seed=seed,
-                           gpu_memory_utilization=gpu_memory_utilization,
-                           logits_processors=[V1RowTracker], worker_extension_cls=WORKER_EXTENSION,
-                           **engine_kwargs)
-            self._rpc("tempo_bind", strategy, seed)
+            self.llm = LLM(**llm_kwargs)
+            if self.llm.llm_engine.vllm_config.use_v2_model_runner != use_v2:
+                raise RuntimeError(f"vLLM chose model runner {'V2' if not use_v2 else 'V1'} after "
+                                   f"the engine prepared for {self.shape['runner']}; set runner=v1 "
+                                   f"or runner=v2 explicitly")
+            self._bound = self._rpc_all("tempo_bind", strategy.spec(), seed)
         except BaseException:
             self.close()
             raise
@@ -103,14 +129,15 @@ class VLLMEngine:
         tok = self.llm.get_tokenizer()
         self.tokenizer = tok
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        log.info("vLLM engine ready in %.1fs (%s, %s)", self.start_s, architecture, dtype)
+        log.info("vLLM engine ready in %.1fs (%s, %s, %s)", self.start_s, architecture, dtype,
+                 self.shape)
 
     # ------------------------------------------------------------------ public API
 
     def set_strategy(self, strategy: TemperatureStrategy) -> None:
-        """Sample with ``strategy`` from the next generate() on (a head-owning one adopts the
-        engine's head module and weights)."""
-        self._rpc("tempo_bind", strategy, self.seed)
+        """Sample with ``strategy`` from the next generate() on (sent as its spec; a head-owning
+        one samples with the engine's head weights)."""
+        self._rpc_all("tempo_bind", strategy.spec(), self.seed)
         self.strategy = strategy
 
     @torch.no_grad()
@@ -136,9 +163,10 @@ class VLLMEngine:
                     f"<= max_model_len - max_new_tokens = {self.max_model_len - self.max_new_tokens}; "
                     f"truncate prompts or raise max_model_len")
         t0 = time.perf_counter()
-        # CPU: vLLM rewinds a per-request generator when a partial-prefill row's token is dropped,
-        # which CPU generators cannot do; seeded CPU batches reseed the global RNG vLLM draws from
-        per_request_seed = seed is not None and not self._on_cpu
+        # CPU, runner V1: vLLM rewinds a per-request generator when a partial-prefill row's token
+        # is dropped, which CPU generators cannot do; seeded batches there reseed the global RNG
+        # vLLM draws from. V2 draws from (seed, position) without a generator.
+        per_request_seed = seed is not None and (not self._on_cpu or self.shape["runner"] == "v2")
         tag = uuid.uuid4().hex[:12]
         keys = [f"{tag}-{i}" for i in range(len(requests))]
         params = [SamplingParams(
@@ -149,9 +177,9 @@ class VLLMEngine:
             extra_args={KEY: k, BASE_TAU: float(q.base_tau), GREEDY: bool(greedy)})
             for i, (q, k) in enumerate(zip(requests, keys))]
         prompts = [TokensPrompt(prompt_token_ids=list(q.prompt_ids)) for q in requests]
-        self._rpc("tempo_begin", step, seed, seed is not None and not per_request_seed)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        got = self._rpc("tempo_collect", keys)
+        self._rpc_all("tempo_begin", step, seed, seed is not None and not per_request_seed)
+        outputs = self._run(keys, prompts, params)
+        got = self._collect(keys)
         if got["anomalies"]:
             raise RuntimeError(f"per-token temperature bookkeeping failed in vLLM: "
                                f"{got['anomalies']}; e.g. {got['messages'][:3]}")
@@ -161,7 +189,7 @@ class VLLMEngine:
                    for out, k, text in zip(outputs, keys, texts)]
         n_tokens = sum(len(r.token_ids) for r in records)
         stats = {"gen_s": time.perf_counter() - t0, "gen_tokens": float(n_tokens),
-                 **{f"vllm/{k}": v for k, v in got["counters"].items()}}
+                 "select_s": got["select_s"], **{f"vllm/{k}": v for k, v in got["counters"].items()}}
         return assemble_batch(requests, records, self.pad_id, step, stats)
 
     def load_weights(self, state_dict: dict[str, Tensor]) -> float:
@@ -173,20 +201,17 @@ class VLLMEngine:
         Returns the seconds the sync took.
         """
         t0 = time.perf_counter()
-        items = self._check_state_dict(state_dict)
-        # a partial sync (e.g. the head alone) makes vLLM warn about every layer not sent
-        with _quiet(*_RELOAD_LOGGERS) if len(items) < len(self._keys) else contextlib.nullcontext():
-            self._rpc("reload_weights", weights_iterator=iter(items))
-        if any(_module_of(k) in _TIED_MODULES for k, _ in items):
-            self._rpc("tempo_refresh_tied_lm_head")
+        sd = self._check_state_dict(state_dict)
+        self._rpc_all("tempo_load_weights", pack_state(sd) if self._remote else sd,
+                      len(sd) < len(self._keys))
         self.llm.reset_prefix_cache()
         elapsed = time.perf_counter() - t0
-        log.debug("weight sync of %d tensors in %.3fs", len(items), elapsed)
+        log.debug("weight sync of %d tensors in %.3fs", len(sd), elapsed)
         return elapsed
 
     def head_state_dict(self) -> dict[str, Tensor]:
         """The temperature head the engine samples with (TemperatureHead names, fp32 copies)."""
-        return self._rpc("tempo_head_state")
+        return unpack_state(self._rpc("tempo_head_state"))
 
     def close(self) -> None:
         """Shut the engine down and free its memory; removes a temporary overlay folder."""
@@ -212,6 +237,7 @@ class VLLMEngine:
     def _prepare_folder(self, head_dir: str | None) -> str:
         """Register the Tempo class, build the overlay vLLM loads, index the weight names."""
         from rollout.vllm_model import register_architecture
+        from rollout.vllm_plugin import announce
 
         config = read_config(self.model_path)
         archs = config.get("architectures") or []
@@ -219,8 +245,9 @@ class VLLMEngine:
             raise ValueError(f"{self.model_path}/config.json has no 'architectures'; set it to the "
                              f"model class, e.g. [\"Qwen2ForCausalLM\"]")
         architecture = register_architecture(archs[0])
+        announce(archs[0])  # spawned vLLM processes register it too (rollout.vllm_plugin)
         hidden_size = int((config.get("text_config") or config)["hidden_size"])
-        head = getattr(self.strategy, "head", None)
+        head = self.strategy.head
         if head is not None and head.fc1.in_features != hidden_size:
             raise ValueError(f"the strategy's temperature head reads hidden size "
                              f"{head.fc1.in_features} but {self.model_path} has hidden_size "
@@ -236,8 +263,55 @@ class VLLMEngine:
             self._modules.setdefault(_module_of(k), set()).add(k)
         return architecture
 
-    def _rpc(self, method: str, *args, **kwargs):
-        return self.llm.collective_rpc(method, args=args, kwargs=kwargs or None)[0]
+    def _run(self, keys: list[str], prompts: list, params: list) -> list:
+        """Generate to completion; outputs in ``keys`` order.
+
+        With the engine core in its own process, requests reach it one message at a time and it
+        would start stepping on the first few: the batch composition (and with it which row gets
+        which draw) would depend on timing. So the scheduler is paused while they are added and
+        resumed after the last one (messages are processed in order), and a seeded batch repeats
+        in every shape.
+        """
+        engine = self.llm.llm_engine
+        core = engine.engine_core
+        if self._remote:
+            core.call_utility("pause_scheduler", "keep", False)
+        try:
+            for key, prompt, p in zip(keys, prompts, params):
+                engine.add_request(key, prompt, p)
+        finally:
+            if self._remote:
+                core.call_utility("resume_scheduler")
+        done = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+        missing = [k for k in keys if k not in done]
+        if missing:
+            raise RuntimeError(f"vLLM finished without outputs for {missing[:4]} "
+                               f"({len(missing)} of {len(keys)} requests)")
+        return [done[k] for k in keys]
+
+    def _rpc_all(self, method: str, *args) -> list:
+        """Call a ``TempoWorkerExtension`` method on every rank; their results, rank order."""
+        return self.llm.collective_rpc(method, args=args)
+
+    def _rpc(self, method: str, *args):
+        return self._rpc_all(method, *args)[0]
+
+    def _collect(self, keys: list[str]) -> dict:
+        """Rank 0's records of ``keys``, checked equal on every tensor-parallel rank."""
+        replies = self._rpc_all("tempo_collect", keys)
+        got = replies[0]
+        for rank, other in enumerate(replies[1:], 1):
+            for name, count in other["anomalies"].items():
+                got["anomalies"][f"rank{rank}/{name}"] = count
+            if other["digest"] != got["digest"]:
+                got["anomalies"]["ranks_disagree"] = got["anomalies"].get("ranks_disagree", 0) + 1
+                got["messages"].append(f"tensor-parallel rank {rank} recorded other per-token "
+                                       f"values than rank 0")
+        return got
 
     def _record(self, out, recs: list, key: str, text: str) -> ResponseRecord:
         comp = out.outputs[0]
@@ -251,7 +325,7 @@ class VLLMEngine:
             raise RuntimeError(f"response {key} has {n} tokens but no recorded temperature at "
                                f"positions {missing[:8]}; the row attribution lost track")
         recs = recs[:n]
-        with_phi = getattr(self.strategy, "head", None) is not None
+        with_phi = self.strategy.head is not None
         return ResponseRecord(
             token_ids=ids, tau=[r[0] for r in recs], logp=_sampled_logprobs(comp, ids),
             finish_reason=comp.finish_reason, text=text,
@@ -259,8 +333,8 @@ class VLLMEngine:
             z=[r[2] for r in recs] if with_phi else None,
             logp_phi=[r[3] for r in recs] if with_phi else None)
 
-    def _check_state_dict(self, state_dict: dict[str, Tensor]) -> list[tuple[str, Tensor]]:
-        """(name, tensor) pairs to send; rejects unknown names and partly-sent modules."""
+    def _check_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The tensors to send; rejects unknown names and partly-sent modules."""
         sd = {k: v.detach() for k, v in state_dict.items()}
         if "lm_head.weight" not in self._keys and "model.embed_tokens.weight" in sd:
             sd.pop("lm_head.weight", None)  # tied embeddings: the same tensor, sent as the embedding
@@ -276,21 +350,7 @@ class VLLMEngine:
                              f"unsent ones), or the full state dict")
         if not sd:
             raise ValueError("load_weights got an empty state dict")
-        return list(sd.items())
-
-
-@contextlib.contextmanager
-def _quiet(*names: str):
-    """Raise the given loggers to ERROR for the duration of the block."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        return sd
 
 
 def _module_of(name: str) -> str:
@@ -321,9 +381,20 @@ def initial_head_state(strategy: TemperatureStrategy, hidden_size: int, seed: in
     engine and the caller start identical), else a fresh ``TemperatureHead`` seeded by ``seed``."""
     from meta.introllm import TemperatureHead
 
-    head = getattr(strategy, "head", None)
-    if isinstance(head, TemperatureHead):
-        return head.state_dict()
+    if isinstance(strategy.head, TemperatureHead):
+        return strategy.head.state_dict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return TemperatureHead(hidden_size).state_dict()
+
+
+def _uses_v2_runner(runner: str, llm_kwargs: dict) -> bool:
+    """Whether vLLM will run model runner V2 for these ``LLM`` arguments. ``auto`` asks vLLM's
+    own engine config (~1 s): the row source must be chosen before the engine starts."""
+    if runner != "auto":
+        return runner == "v2"
+    from vllm.engine.arg_utils import EngineArgs
+
+    keys = set(EngineArgs.__dataclass_fields__)
+    args = EngineArgs(**{k: v for k, v in llm_kwargs.items() if k in keys})
+    return bool(args.create_engine_config().use_v2_model_runner)

@@ -23,6 +23,7 @@ Dimension vocabulary: N rows in this step, d hidden size, V vocab.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ from torch import Tensor
 from meta.base import RowContext, TemperatureStrategy
 from meta.introllm import TemperatureHead
 from rollout.vllm_overlay import HEAD_PREFIX  # temperature_head.fc1.weight, ...
-from rollout.vllm_rows import RowMismatch, RowRef
+from rollout.vllm_rows import Row, RowMismatch
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,12 @@ Record = tuple[float, float, float, float]  # (tau, gate, z, logp_phi) of one ge
 class TempoRuntime:
     """Worker-side state: the strategy, the row source, the RNG and the per-token records."""
 
-    def __init__(self, rows, strategy: TemperatureStrategy, seed: int = 0):
+    def __init__(self, rows, strategy: TemperatureStrategy, seed: int = 0, tp_group=None):
         self.rows = rows
         self.strategy = strategy
+        self.tp_group = tp_group
+        """vLLM's tensor-parallel group when it has > 1 rank: rank 0's decisions are broadcast,
+        so every rank divides each row by the same τ (and records the same values)"""
         self.step = 0
         self.seed = seed
         self.generator: torch.Generator | None = None
@@ -54,6 +58,9 @@ class TempoRuntime:
         self.messages: list[str] = []
         self.rewritten = 0
         """records overwritten at the same position (partial prefill chunks, recomputation)"""
+        self.select_s = 0.0
+        """seconds in strategy.select during this generate() (host time: on GPU, launches)"""
+        self._hidden: Tensor | None = None
 
     def begin(self, step: int, seed: int | None, seed_global: bool = False) -> None:
         """Start a generate() call: training step for schedules, fresh records, reseeded RNG.
@@ -68,6 +75,7 @@ class TempoRuntime:
         self.anomalies.clear()
         self.messages.clear()
         self.rewritten = 0
+        self.select_s = 0.0
         self.rows.readded = 0
         if seed is not None:
             self.seed = int(seed)
@@ -83,27 +91,48 @@ class TempoRuntime:
         if len(self.messages) < 8:
             self.messages.append(message)
 
-    def apply(self, hidden: Tensor, logits: Tensor) -> Tensor:
-        """hidden (N, d), logits (N, V) untempered -> (N, V) fp32 logits / τ; records each row."""
+    def on_compute_logits(self, hidden: Tensor, logits: Tensor) -> Tensor:
+        """``compute_logits``: divide here (runner V1), or stash the hidden states for the row
+        source's ``apply`` that follows in the same step (runner V2)."""
+        if self.rows.divides_in_compute_logits:
+            return self.apply_rows(logits, lambda: self.rows.rows(logits.shape[0]), hidden)
+        self._hidden = hidden
+        return logits
+
+    def apply_rows(self, logits: Tensor, rows_fn, hidden: Tensor | None = None) -> Tensor:
+        """logits (N, V) untempered -> (N, V) fp32 logits / τ; records each row.
+
+        ``rows_fn()`` gives the N rows (``rollout.vllm_rows.Row``) or None for a batch with no
+        requests behind it; ``hidden`` (N, d) defaults to the states stashed by
+        ``on_compute_logits``.
+        """
         n = logits.shape[0]
         try:
-            rows = self.rows.rows(n)
+            rows = rows_fn()
         except RowMismatch as e:  # never crash the engine step: generate() raises afterwards
             self._anomaly("row_mismatch", str(e))
             return logits
         if rows is None:  # warm-up / profiling batch: no requests behind these rows
             return logits
+        s = self.strategy
+        if hidden is None:
+            hidden, self._hidden = self._hidden, None
+            if s.needs_hidden and (hidden is None or hidden.shape[0] != n):
+                self._anomaly("hidden_mismatch", f"{n} logits rows but the hidden states stashed "
+                              f"by compute_logits have {None if hidden is None else hidden.shape[0]}")
+                return logits
         device = logits.device
         positions, prev_tau = self._positions_and_prev_tau(rows)
         base_tau = torch.tensor([r.base_tau for r in rows], dtype=torch.float32)
-        s = self.strategy
         ctx = RowContext(
             positions=positions.to(device), prev_tau=prev_tau.to(device),
             base_tau=base_tau.to(device), step=self.step,
             hidden=hidden if s.needs_hidden else None,
             logits=logits if s.needs_logits else None,
             generator=self._generator(device))
+        t0 = time.perf_counter()
         d = s.select(ctx)
+        self.select_s += time.perf_counter() - t0
         tau = d.tau.to(device=device, dtype=torch.float32).reshape(n)  # (N,)
         bad = ~torch.isfinite(tau) | (tau <= 0)
         if bool(bad.any()):
@@ -113,10 +142,22 @@ class TempoRuntime:
         if any(r.greedy for r in rows):  # greedy rows are argmax of z / 1: record tau = 1
             greedy = torch.tensor([r.greedy for r in rows], device=device)
             tau = torch.where(greedy, torch.ones_like(tau), tau)
-        self._record(rows, positions.tolist(), tau, d)
-        return logits.to(torch.float32) / tau[:, None]
+        decision = self._same_on_every_rank(tau, d)  # (N, 4): tau, gate, z, logp_phi
+        self._record(rows, positions.tolist(), decision)
+        return logits.to(torch.float32) / decision[:, :1]
 
-    def _positions_and_prev_tau(self, rows: list[RowRef]) -> tuple[Tensor, Tensor]:
+    def _same_on_every_rank(self, tau: Tensor, d) -> Tensor:
+        """(N, 4) float32 [tau, gate, z, logp_phi] (0 where the strategy records none); under
+        tensor parallelism, tensor-parallel rank 0's values on every rank."""
+        zeros = torch.zeros_like(tau)
+        parts = [tau] + [zeros if v is None else v.to(device=tau.device, dtype=torch.float32)
+                         .reshape(-1) for v in (d.gate, d.z, d.logp_phi)]
+        decision = torch.stack(parts, 1)
+        if self.tp_group is not None:
+            decision = self.tp_group.broadcast(decision.contiguous(), src=0)
+        return decision
+
+    def _positions_and_prev_tau(self, rows: list[Row]) -> tuple[Tensor, Tensor]:
         """(N,) long positions and (N,) float τ_{t-1} (base τ at t = 0) looked up in the records."""
         positions, prev = [], []
         for r in rows:
@@ -133,18 +174,12 @@ class TempoRuntime:
                 prev.append(rec[0])
         return torch.tensor(positions, dtype=torch.long), torch.tensor(prev, dtype=torch.float32)
 
-    def _record(self, rows: list[RowRef], positions: list[int], tau: Tensor, d) -> None:
-        n = len(rows)
-        zeros = [0.0] * n
-        taus = tau.tolist()
-        gates = d.gate.tolist() if d.gate is not None else zeros
-        zs = d.z.tolist() if d.z is not None else zeros
-        logps = d.logp_phi.tolist() if d.logp_phi is not None else zeros
-        for i, r in enumerate(rows):
+    def _record(self, rows: list[Row], positions: list[int], decision: Tensor) -> None:
+        for r, t, rec in zip(rows, positions, decision.tolist()):
             if r.key is not None:
                 recs = self.records.setdefault(r.key, {})
-                self.rewritten += positions[i] in recs
-                recs[positions[i]] = (taus[i], gates[i], zs[i], logps[i])
+                self.rewritten += t in recs
+                recs[t] = tuple(rec)
 
     def collect(self, keys: list[str]) -> dict:
         """Records of ``keys`` as {key: [record or None per position 0..max]}, plus anomalies."""
@@ -155,7 +190,7 @@ class TempoRuntime:
             out[k] = [recs.get(t) for t in range(top)]
         counters = {"readded_rows": float(self.rows.readded), "rewritten_rows": float(self.rewritten)}
         return {"records": out, "anomalies": dict(self.anomalies), "messages": list(self.messages),
-                "counters": counters}
+                "counters": counters, "select_s": self.select_s}
 
 
 class TempoModelMixin:
@@ -172,7 +207,7 @@ class TempoModelMixin:
         runtime = self.tempo_runtime
         if runtime is None or logits is None:  # not bound yet (warm-up) / non-last TP/PP rank
             return logits
-        return runtime.apply(hidden_states, logits)
+        return runtime.on_compute_logits(hidden_states, logits)
 
     def load_weights(self, weights) -> set[str]:
         """Checkpoint weights; ``temperature_head.*`` go to the head, the rest to the base model.

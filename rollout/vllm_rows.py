@@ -1,42 +1,50 @@
-"""Row attribution: which request, and which response position, each row of ``compute_logits`` is.
+"""Row attribution: which request, and which response position, each row of logits is.
 
-``compute_logits(hidden)`` gets one row per request of the running batch (V1 runner, no
-speculative decoding), in the order of the runner's persistent batch. The model's per-token
-temperature needs, for row r, the request it belongs to (its base τ, its key for the records) and
-the position of the token it is about to sample (to look up τ_{t-1} for IntroLLM's "keep" branch and
-to record τ_t at t). That mapping is runner-specific, so it lives behind one small interface:
+The model's per-token temperature needs, for every row of logits vLLM samples from, the request it
+belongs to (its base τ, its key for the records) and the position of the token it is about to
+sample (to look up τ_{t-1} for IntroLLM's "keep" branch and to record τ_t at t). How a runner
+lays out its rows is runner-specific, so it lives behind one small interface, a *row source*:
 
-    RowSource.rows(n) -> list[RowRef] | None       # None: not a real decoding batch
-    RowSource.readded: int                         # requests re-entering with tokens (stats)
+    source.divides_in_compute_logits: bool   # where the per-token division happens (see below)
+    source.rows(...) -> list[Row] | None     # None: not a real decoding batch (warm-up)
+    source.readded: int                      # requests re-entering with tokens (a counter)
 
-V1 (today): ``V1RowTracker``, a vLLM V1 ``LogitsProcessor`` given to ``LLM(logits_processors=...)``.
-The V1 runner calls every logits processor's ``update_state(batch_update)`` from
-``_update_states`` → ``input_batch.refresh_metadata()`` *before* the forward pass of a step
-(after ``condense()`` and the attention backend's reorder, whose moves are part of the update),
-then ``model.compute_logits`` after it, then ``apply(logits)`` in the sampler. So when
-``compute_logits`` runs, the tracker already describes exactly the rows of this step. Each
-added request brings its ``SamplingParams`` (our ``extra_args``: key, base τ, greedy) and a live
-reference to its output-token list, so ``len(output_ids)`` is the number of tokens generated so
-far = the position of the token this row samples.
+with one implementation per vLLM model runner. Both are vLLM logits processors, given to
+``LLM(logits_processors=[...])``; neither edits logits by itself.
 
-Why positions stay right:
+**Model runner V1** (``V1RowTracker``, a V1 ``LogitsProcessor``). The V1 runner calls every
+logits processor's ``update_state(batch_update)`` from ``_update_states`` →
+``input_batch.refresh_metadata()`` *before* the forward pass of a step (after ``condense()`` and
+the attention backend's reorder, whose moves are part of the update), then
+``model.compute_logits`` after it. So when ``compute_logits`` runs, the tracker already describes
+exactly the rows of this step, and the division by τ happens there (vLLM's default raw log-probs
+are then those of z / τ). Each added request brings its ``SamplingParams`` (our ``extra_args``:
+key, base τ, greedy) and a live reference to its output-token list: ``len(output_ids)`` is the
+position of the token the row samples.
+
+**Model runner V2** (``V2RowSource``, a V2 ``LogitsProcessor``). V2 calls ``compute_logits`` with
+the sampled rows' hidden states only, and tells a processor the row layout in
+``apply(logits, ctx)``: ``ctx.expanded_idx_mapping`` (row -> persistent request slot) and
+``ctx.pos`` (the sequence position of the row's last input token). The slot's request arrives
+in ``add_request(slot, params)``, after the runner wrote the slot's ``prompt_len`` and
+``prefill_len``. So under V2 ``compute_logits`` only stashes the hidden states, and the division
+by τ happens in ``apply`` (which V2 runs before its own temperature, on an fp32 copy of the
+logits); the engine asks V2 for ``logprobs_mode="processed_logprobs"`` so that the returned
+log-probs are those of z / τ. The response position of a row is
+``max(pos + 1, prefill_len) - prompt_len``.
+
+Why positions stay right (both runners):
+
 * chunked prefill: a partial prefill chunk also gets a logits row, whose sampled token vLLM
-  discards; its output list does not grow, so the final chunk's row has the same position and its
-  record overwrites the partial one (records are keyed by position, later writes win).
-* preemption (recompute): the request leaves the batch (removed) and comes back later (added
-  again, same ``CachedRequestState`` and output list); it re-prefills prompt + generated tokens and
-  its next row is at position ``len(output_ids)``; records of earlier positions are kept (they
-  live in the worker's record store, keyed by our request key, not by vLLM's batch slot).
+  discards. Its position is that of the token the final chunk will sample (V1: the output list
+  has not grown; V2: ``pos + 1 < prefill_len``), so the final chunk's record overwrites the
+  partial one (records are keyed by position, later writes win).
+* preemption (recompute): the request leaves the batch and comes back later (added again, with
+  prompt + generated tokens to re-prefill); its next row is at the number of tokens generated so
+  far; records of earlier positions are kept (they live in the worker's record store, keyed by
+  our request key, not by vLLM's batch slot).
 * τ_{t-1} is known when row t is divided: position t exists only after token t-1 was sampled
-  and accepted, i.e. after the step whose ``compute_logits`` recorded τ_{t-1}.
-
-V2 (GPU builds' default runner in 0.32) uses another logits-processor interface
-(``add_request(req_idx, params)``, ``apply(logits, ctx)`` with a row→slot mapping and positions)
-and rejects V1 processors. ``rollout.vllm_compat.configure_env`` pins the V1 runner
-(``VLLM_USE_V2_MODEL_RUNNER=0``, which 0.32 honours on CPU and GPU builds alike). A V2 row source
-would be a V2 logits processor that keeps req_idx -> RowRef in ``add_request`` and publishes the
-row mapping before ``compute_logits``; if V2 exposes it only in ``apply``, the division by τ moves
-into that processor and the head's forward stays in ``compute_logits``, stashed per row.
+  and accepted, i.e. after the step that recorded τ_{t-1}.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ import_vllm()  # version check before touching vLLM internals
 
 from vllm.v1.sample.logits_processor import (  # noqa: E402
     BatchUpdate, LogitsProcessor, MoveDirectionality)
+from vllm.v1.worker.gpu.sample.logits_processor.interface import (  # noqa: E402
+    LogitsProcessor as V2LogitsProcessor)
 
 KEY = "tempo_key"
 """SamplingParams.extra_args key: the rollout engine's id of the response"""
@@ -61,30 +71,49 @@ GREEDY = "tempo_greedy"
 
 
 @dataclass
-class RowRef:
+class Row:
     """What one logits row belongs to."""
 
     key: str | None
     """the engine's response key; None for a request the engine did not submit"""
     base_tau: float
     greedy: bool
-    output_ids: list[int]
-    """live reference to the request's generated tokens: len() = position being sampled"""
+    position: int
+    """0-based index, within the response, of the token this row samples"""
 
-    @property
-    def position(self) -> int:
-        return len(self.output_ids)
+
+@dataclass
+class _Request:
+    """A request's constant part, as a logits processor learns it when the request is added."""
+
+    key: str | None
+    base_tau: float
+    greedy: bool
+
+    @classmethod
+    def from_params(cls, params) -> _Request:
+        args = params.extra_args or {}
+        return cls(key=args.get(KEY), base_tau=float(args.get(BASE_TAU, 1.0)),
+                   greedy=bool(args.get(GREEDY, False)))
+
+
+def validate_params(sampling_params) -> None:
+    args = sampling_params.extra_args or {}
+    if KEY in args and not float(args.get(BASE_TAU, 1.0)) > 0:
+        raise ValueError(f"extra_args[{BASE_TAU!r}] ({args.get(BASE_TAU)}) must be > 0")
 
 
 class RowMismatch(RuntimeError):
-    """compute_logits got a different number of rows than the runner's batch holds."""
+    """The logits rows do not match what the row source knows of the batch."""
 
 
 class V1RowTracker(LogitsProcessor):
     """Follows the V1 persistent batch through logits-processor batch updates; never edits logits."""
 
+    divides_in_compute_logits = True
+
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        self._rows: dict[int, RowRef] = {}  # batch slot -> row
+        self._rows: dict[int, tuple[_Request, list[int]]] = {}  # slot -> request, live output ids
         self.batch_size = 0
         self.readded = 0
         """requests (re-)entering the batch with tokens already generated: resumed after
@@ -92,9 +121,7 @@ class V1RowTracker(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
-        args = sampling_params.extra_args or {}
-        if KEY in args and not float(args.get(BASE_TAU, 1.0)) > 0:
-            raise ValueError(f"extra_args[{BASE_TAU!r}] ({args.get(BASE_TAU)}) must be > 0")
+        validate_params(sampling_params)
 
     def is_argmax_invariant(self) -> bool:
         return True  # apply() returns the logits unchanged
@@ -106,10 +133,8 @@ class V1RowTracker(LogitsProcessor):
         for index in batch_update.removed:
             self._rows.pop(index, None)
         for index, params, _prompt_ids, output_ids in batch_update.added:
-            args = params.extra_args or {}
             self.readded += bool(output_ids)
-            self._rows[index] = RowRef(key=args.get(KEY), base_tau=float(args.get(BASE_TAU, 1.0)),
-                                       greedy=bool(args.get(GREEDY, False)), output_ids=output_ids)
+            self._rows[index] = (_Request.from_params(params), output_ids)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self._rows.pop(a, None), self._rows.pop(b, None)
             if row_a is not None:
@@ -121,7 +146,7 @@ class V1RowTracker(LogitsProcessor):
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
 
-    def rows(self, n: int) -> list[RowRef] | None:
+    def rows(self, n: int) -> list[Row] | None:
         """The n rows of this step's compute_logits; None for a batch with no requests (warm-up)."""
         if self.batch_size == 0 or not self._rows:
             return None
@@ -132,19 +157,72 @@ class V1RowTracker(LogitsProcessor):
         missing = [i for i in range(n) if i not in self._rows]
         if missing:
             raise RowMismatch(f"batch slots {missing[:8]} have no request after the batch update")
-        return [self._rows[i] for i in range(n)]
+        out = []
+        for i in range(n):
+            req, output_ids = self._rows[i]
+            out.append(Row(req.key, req.base_tau, req.greedy, len(output_ids)))
+        return out
 
 
-def find_row_source(model_runner) -> V1RowTracker:
-    """The row source living in a V1 model runner (the tracker vLLM built from logits_processors)."""
-    procs = getattr(getattr(model_runner, "input_batch", None), "logitsprocs", None)
-    if procs is None:  # V2 runners have no V1 input batch with logits processors
-        raise RuntimeError(
-            "vLLM runs its model runner V2, which rollout.vllm_rows does not attribute rows for; "
-            "run with VLLM_USE_V2_MODEL_RUNNER=0 (the V1 runner; rollout.vllm_compat.configure_env "
-            "sets it unless the environment already does)")
-    for proc in procs.all:
-        if isinstance(proc, V1RowTracker):
+class V2RowSource(V2LogitsProcessor):
+    """Model runner V2: attributes rows in ``apply`` and divides them there (see module doc)."""
+
+    divides_in_compute_logits = False
+
+    def __init__(self, vllm_config, req_states) -> None:
+        self._lens = req_states  # prompt_len / prefill_len per slot (.np: the host source of truth)
+        self._slots: dict[int, tuple[_Request, int, int]] = {}  # slot -> request, prompt, prefill
+        self.readded = 0
+        self.runtime = None
+        """the worker's ``TempoRuntime`` (``rollout.vllm_model``), bound by ``tempo_bind``"""
+
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        validate_params(sampling_params)
+
+    def add_request(self, req_idx: int, sampling_params) -> bool:
+        prompt = int(self._lens.prompt_len.np[req_idx])
+        prefill = int(self._lens.prefill_len.np[req_idx])
+        self.readded += prefill > prompt
+        self._slots[req_idx] = (_Request.from_params(sampling_params), prompt, prefill)
+        return True  # V2 skips apply() for batches in which no processor asked for it
+
+    def apply(self, logits: torch.Tensor, ctx) -> torch.Tensor:
+        runtime = self.runtime
+        if runtime is None:
+            return logits
+        return runtime.apply_rows(logits, lambda: self.rows(ctx, logits.shape[0]))
+
+    def rows(self, ctx, n: int) -> list[Row] | None:
+        slots = ctx.expanded_idx_mapping.tolist()
+        if len(slots) != n or len(slots) != len(ctx.idx_mapping_np):
+            raise RowMismatch(f"V2 apply got {n} logits rows for {len(ctx.idx_mapping_np)} requests "
+                              f"(speculative decoding is not supported with per-token temperatures)")
+        if any(s not in self._slots for s in slots):
+            return None  # a dummy (warm-up) batch over slots no request was added to
+        out = []
+        for slot, pos in zip(slots, ctx.pos.tolist()):
+            req, prompt, prefill = self._slots[slot]
+            out.append(Row(req.key, req.base_tau, req.greedy, max(pos + 1, prefill) - prompt))
+        return out
+
+
+def find_row_source(model_runner):
+    """The row source living in a model runner: the processor vLLM built from logits_processors."""
+    sampler = getattr(model_runner, "sampler", None)
+    if sampler is not None and hasattr(sampler, "logits_processors"):  # model runner V2
+        procs = sampler.logits_processors
+    else:
+        procs = getattr(getattr(getattr(model_runner, "input_batch", None), "logitsprocs", None),
+                        "all", None)
+    for proc in procs or ():
+        if isinstance(proc, (V1RowTracker, V2RowSource)):
             return proc
-    raise RuntimeError("no V1RowTracker among the engine's logits processors; build the LLM with "
-                       "logits_processors=[V1RowTracker] (VLLMEngine does)")
+    raise RuntimeError(f"no Tempo row source among the logits processors of "
+                       f"{type(model_runner).__name__}; build the LLM with "
+                       f"logits_processors=[row_source_class(runner)] (VLLMEngine does)")
+
+
+def row_source_class(use_v2: bool) -> type:
+    """The logits processor class to give ``LLM(logits_processors=...)`` for this runner."""
+    return V2RowSource if use_v2 else V1RowTracker

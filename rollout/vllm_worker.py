@@ -1,18 +1,30 @@
 """Worker-side RPC methods of the vLLM engine (``LLM(worker_extension_cls=...)``).
 
-vLLM mixes ``TempoWorkerExtension`` into its worker class; the rollout engine reaches these
-methods with ``llm.collective_rpc("tempo_*", args=...)``. They bind the strategy and the row
-source to the model (``tempo_bind``), open a generate() call (``tempo_begin``) and hand back the
-per-token records (``tempo_collect``). Weights go through vLLM's own ``reload_weights``.
-Importing this module registers nothing by itself; ``tempo_bind`` checks the model is a Tempo one.
+vLLM mixes ``TempoWorkerExtension`` into its worker class, in whatever process the worker runs:
+the rollout actor's own (engine core in-process, one rank), the engine-core process, or one
+process per tensor-parallel rank. The rollout engine reaches these methods with
+``llm.collective_rpc("tempo_*", args=...)``, which calls them on every rank; arguments and
+results are plain data (``rollout.vllm_payload``). They build the strategy from its spec and bind
+it and the row source to the model (``tempo_bind``), open a generate() call (``tempo_begin``),
+hand back the per-token records (``tempo_collect``: one RPC per generate), load weights
+(``tempo_load_weights``) and read the head (``tempo_head_state``).
 """
 
 from __future__ import annotations
 
-from meta.base import TemperatureStrategy
+import contextlib
+import hashlib
+import logging
+
 from meta.introllm import TemperatureHead
+from meta.registry import strategy_from_spec
 from rollout.vllm_model import TempoModelMixin, TempoRuntime
+from rollout.vllm_payload import pack_state, unpack
 from rollout.vllm_rows import find_row_source
+
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                   "vllm.model_executor.model_loader.reload.inplace")
+_TIED = ("model.embed_tokens.", "lm_head.")  # a tied LM head must be re-packed after these
 
 
 class TempoWorkerExtension:
@@ -25,25 +37,49 @@ class TempoWorkerExtension:
                                f"class; load it through rollout.vllm_engine.VLLMEngine")
         return model
 
-    def tempo_bind(self, strategy: TemperatureStrategy, seed: int = 0) -> dict:
-        """Drive sampling with ``strategy`` from now on; returns the head's hyper-parameters."""
+    def tempo_bind(self, spec: dict, seed: int = 0) -> dict:
+        """Drive sampling with the strategy of ``spec`` from now on; a head-owning strategy
+        samples with the model's head (its weights: the checkpoint's, then the weight syncs)."""
         model = self._tempo_model()
+        strategy = strategy_from_spec(spec)
         share_head(strategy, model.temperature_head)
         runtime = model.tempo_runtime
         if runtime is None:
-            model.tempo_runtime = TempoRuntime(find_row_source(self.model_runner), strategy, seed)
+            rows = find_row_source(self.model_runner)
+            runtime = TempoRuntime(rows, strategy, seed, tp_group=_tp_group())
+            model.tempo_runtime = runtime
+            if not rows.divides_in_compute_logits:
+                rows.runtime = runtime
         else:  # keep the row source (it follows the live batch); swap the strategy
             runtime.strategy = strategy
-        return {"hidden_size": model.temperature_head.fc1.in_features}
+        return {"hidden_size": model.temperature_head.fc1.in_features, "tp_rank": _tp_rank(),
+                "runner": type(runtime.rows).__name__}
 
     def tempo_begin(self, step: int, seed: int | None, seed_global: bool = False) -> None:
         self._tempo_model().tempo_runtime.begin(step, seed, seed_global)
 
-    def tempo_collect(self, keys: list[str]) -> dict:
-        return self._tempo_model().tempo_runtime.collect(keys)
+    def tempo_collect(self, keys: list[str], full: bool = False) -> dict:
+        """Rank 0: the records of ``keys``; every rank: their digest, so that the engine checks
+        that all tensor-parallel ranks recorded the same; other ranks send the records only when
+        ``full``."""
+        got = self._tempo_model().tempo_runtime.collect(keys)
+        got["digest"] = hashlib.sha256(repr(got["records"]).encode()).hexdigest()
+        if _tp_rank() != 0 and not full:
+            got["records"] = None
+        return got
 
-    def tempo_refresh_tied_lm_head(self) -> bool:
-        """Re-pack a tied LM head after its embedding was reloaded; True if it was tied.
+    def tempo_load_weights(self, weights: dict, quiet: bool = False) -> bool:
+        """Load θ (HF names) and/or φ (``temperature_head.*``) into the running model (vLLM's own
+        in-place ``reload_weights``); ``weights``: name -> tensor or ``vllm_payload.pack``.
+        Returns whether a tied LM head was re-packed (see ``_refresh_tied_lm_head``)."""
+        items = [(k, unpack(v)) for k, v in weights.items()]
+        # a partial sync (e.g. the head alone) makes vLLM warn about every layer not sent
+        with _quiet(*_RELOAD_LOGGERS) if quiet else contextlib.nullcontext():
+            self.reload_weights(weights_iterator=iter(items))
+        return any(k.startswith(_TIED) for k, _ in items) and self._refresh_tied_lm_head()
+
+    def _refresh_tied_lm_head(self) -> bool:
+        """Re-pack a tied LM head after its embedding may have been reloaded; True if tied.
 
         vLLM's ``reload_weights`` re-runs ``process_weights_after_loading`` for the modules it
         reloads, but a tied ``lm_head`` is skipped (its weight *is* the embedding's). On CPU the
@@ -63,20 +99,45 @@ class TempoWorkerExtension:
         return True
 
     def tempo_head_state(self) -> dict:
-        """The head weights the engine samples with (fp32 CPU copies)."""
-        return {k: v.detach().cpu().clone()
-                for k, v in self._tempo_model().temperature_head.state_dict().items()}
+        """The head weights the engine samples with (packed fp32 copies)."""
+        return pack_state(self._tempo_model().temperature_head.state_dict())
 
 
-def share_head(strategy: TemperatureStrategy, model_head: TemperatureHead) -> None:
+def _tp_group():
+    """vLLM's tensor-parallel group when it has more than one rank, else None."""
+    from vllm.distributed.parallel_state import get_tp_group
+
+    group = get_tp_group()
+    return group if group.world_size > 1 else None
+
+
+def _tp_rank() -> int:
+    group = _tp_group()
+    return 0 if group is None else group.rank_in_group
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Raise the given loggers to ERROR for the duration of the block."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def share_head(strategy, model_head: TemperatureHead) -> None:
     """Make a head-owning strategy use the model's head module (the one vLLM loads weights into).
 
     The strategy's own head hyper-parameter ``eps`` is kept; its weights are replaced by the
-    model's (loaded from the checkpoint, updated by weight syncs), so ``strategy.state_dict()``
-    is always what the engine samples with.
+    model's (loaded from the checkpoint, updated by weight syncs).
     """
-    head = getattr(strategy, "head", None)
-    if not isinstance(head, TemperatureHead) or head is model_head:
+    head = strategy.head
+    if head is None or head is model_head:
         return
     mine = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in model_head.state_dict().items()}

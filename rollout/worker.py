@@ -1,6 +1,6 @@
 """``RolloutWorker``: what a rollout actor runs: one engine, its own copy of the strategy.
 
-A plain object (``launch.actors`` wraps it in a Ray actor). The engine is chosen by
+A plain object (``launch.trainer`` wraps it in a Ray actor). The engine is chosen by
 ``rollout.engine``: ``hf`` (transformers, the reference) or ``vllm`` (patched sampler). The
 strategy's per-token path runs inside the engine; per-request temperatures come in with the
 requests (planned by the meta actor), and learned weights (θ, and φ as ``temperature_head.*``)
@@ -31,11 +31,23 @@ def build_engine(model_path: str, strategy: TemperatureStrategy, cfg: RolloutCon
                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     from rollout.vllm_engine import VLLMEngine
 
+    gpu = torch.cuda.is_available()
     return VLLMEngine(model_path, strategy, dtype=dtype,
                       max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
                       max_new_tokens=cfg.max_new_tokens, kv_cache_gb=cfg.kv_cache_gb,
                       gpu_memory_utilization=cfg.gpu_memory_utilization,
-                      max_num_seqs=cfg.max_num_seqs, enforce_eager=cfg.enforce_eager, seed=seed)
+                      max_num_seqs=cfg.max_num_seqs, seed=seed,
+                      enforce_eager=not gpu if cfg.enforce_eager is None else cfg.enforce_eager,
+                      runner=cfg.vllm_runner, tensor_parallel_size=cfg.tensor_parallel_size,
+                      engine_core=resolve_engine_core(cfg.engine_core, gpu))
+
+
+def resolve_engine_core(engine_core: str, gpu: bool) -> str:
+    """``rollout.engine_core=auto``: vLLM's default (its own process) on GPU; in this process on
+    CPU, where it was measured faster on the embedded default (README, Performance)."""
+    if engine_core != "auto":
+        return engine_core
+    return "process" if gpu else "inproc"
 
 
 class RolloutWorker:
@@ -59,8 +71,12 @@ class RolloutWorker:
             raise StaleWeightsError(f"rollout worker {self.worker_index} restarted and has not "
                                     "been sent the run's current weights yet")
         kwargs = {"greedy": True} if greedy else {}
-        return self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
-                                    **kwargs)
+        try:
+            return self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
+                                        **kwargs)
+        except Exception as err:
+            exit_if_engine_died(err, self.worker_index)
+            raise
 
     def generate_texts(self, requests: list[RolloutRequest], step: int, seed: int,
                        greedy: bool = False) -> list[str]:
@@ -82,11 +98,30 @@ class RolloutWorker:
 
     def set_temperature_mode(self, mode: str) -> None:
         """IntroLLM evaluation option: 'sample' (draw z) or 'mean' (Beta mean)."""
-        if hasattr(self.engine.strategy, "temperature_mode"):
-            self.engine.strategy.temperature_mode = mode
+        strategy = self.engine.strategy
+        if hasattr(strategy, "temperature_mode"):
+            strategy.temperature_mode = mode
+            self.engine.set_strategy(strategy)  # the vLLM engine's workers rebuild it from its spec
 
     def ping(self) -> int:
         return os.getpid()
+
+
+def exit_if_engine_died(err: Exception, worker_index: int) -> None:
+    """A vLLM engine whose engine-core or tensor-parallel worker process died cannot recover in
+    place: end this actor's process, so that Ray restarts the actor (a fresh engine, resynced by
+    the trainer) and retries the call, as for a killed rollout actor."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:  # no vLLM: the transformers engine has no worker processes
+        return
+    if isinstance(err, EngineDeadError) or isinstance(err.__cause__, EngineDeadError):
+        import logging
+
+        logging.getLogger(__name__).error(
+            "rollout worker %d: its vLLM engine died (%s); exiting so that Ray restarts it",
+            worker_index, err)
+        os._exit(70)
 
 
 class StaleWeightsError(RuntimeError):

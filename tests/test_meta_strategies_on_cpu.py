@@ -101,3 +101,29 @@ def test_registry_builds_every_name_and_rejects_unknown():
         s.load_state_dict(s.state_dict())  # every strategy round-trips its (possibly empty) state
     with pytest.raises(ValueError, match=r"unknown temperature strategy 'greedy'; supported: \['ead'"):
         build_strategy("greedy")
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("fixed", dict(temperature=1.3)), ("linear", dict(total_steps=10, t_end=1.2)),
+    ("staged", dict(boundaries=(2,), temperatures=(1.4, 0.6))), ("tampo", dict(candidates=(0.6, 0.8))),
+    ("ead", dict(d0=40.0)), ("edt", dict()), ("introllm", dict(hidden_size=16, tau_max=1.2))])
+def test_spec_rebuilds_the_same_strategy_from_plain_data(name, kwargs):
+    """A vLLM worker process rebuilds the strategy from its spec (msgpack: lists, no tuples)."""
+    import copy
+    import json
+
+    from meta.registry import build_strategy, strategy_from_spec
+
+    strategy = build_strategy(name, **kwargs)
+    spec = json.loads(json.dumps(strategy.spec()))  # plain data only
+    rebuilt = strategy_from_spec(spec)
+    assert type(rebuilt) is type(strategy) and rebuilt.spec() == spec
+    for step in (0, 3, 50):
+        plans = [s.plan(step, 4, torch.Generator().manual_seed(step)) for s in (strategy, rebuilt)]
+        assert torch.equal(*plans)
+    assert copy.deepcopy(strategy).spec() == strategy.spec()  # copies keep their spec
+    if name == "introllm":
+        strategy.temperature_mode = "mean"  # an evaluation switch made after construction
+        assert strategy_from_spec(strategy.spec()).temperature_mode == "mean"
+    with pytest.raises(ValueError, match="strategy spec"):
+        strategy_from_spec({"name": name})

@@ -169,7 +169,8 @@ def test_folder_with_head_weights_loads_them_and_close_cleans_up(model_dir, tmp_
     saved = TemperatureHead(HIDDEN).state_dict()
     save_head(folder, saved)
     config_before = (folder / "config.json").read_text()
-    strategy = IntroLLM(hidden_size=HIDDEN)  # its own (different) init is replaced by the folder's
+    strategy = IntroLLM(hidden_size=HIDDEN)  # its own (different) init: the engine uses the folder's
+    own = copy.deepcopy(strategy.head.state_dict())
     eng = VLLMEngine(str(folder), strategy, max_model_len=MAX_LEN, max_new_tokens=8, max_num_seqs=4)
     try:
         overlay = eng._overlay
@@ -177,7 +178,8 @@ def test_folder_with_head_weights_loads_them_and_close_cleans_up(model_dir, tmp_
         got = eng.head_state_dict()
         for k, v in saved.items():
             torch.testing.assert_close(got[k], v, atol=0, rtol=0)
-            torch.testing.assert_close(strategy.head.state_dict()[k], v, atol=0, rtol=0)
+            # the caller's strategy is only a spec for the engine: left as it was
+            torch.testing.assert_close(strategy.head.state_dict()[k], own[k], atol=0, rtol=0)
         batch = eng.generate(make_requests(2, 1.0)[:2], step=0, seed=0)
         assert batch.gate is not None and batch.response_mask.sum() > 0
     finally:
@@ -280,7 +282,15 @@ def test_strategy_tau_counts_and_logprobs_match_transformers(engine, hf, name):
             torch.testing.assert_close(batch.tau[i, :n], strategy.temperature_from_entropy(entropy),
                                        atol=1e-5, rtol=0)
     else:
-        check_introllm(strategy, batch, rec)
+        check_introllm(sampling_strategy(engine, strategy), batch, rec)
+
+
+def sampling_strategy(engine, strategy):
+    """A copy of ``strategy`` with the head weights the engine samples with (the engine's
+    workers rebuild the strategy from its spec and use the model's head)."""
+    copied = copy.deepcopy(strategy)
+    copied.load_state_dict(engine.head_state_dict())
+    return copied
 
 
 def check_introllm(strategy: IntroLLM, batch, rec):
@@ -369,8 +379,7 @@ def test_gate_bias_sync_freezes_then_releases_tau(engine, hf):
     closed["fc2.bias"][0] = -30.0  # sigmoid(-30) ~ 1e-13: the gate never fires after t = 0
     seconds = engine.load_weights(_head_keys(closed))
     assert seconds < 5.0
-    # the strategy's own state is what the engine samples with
-    torch.testing.assert_close(strategy.state_dict()["fc2.bias"], closed["fc2.bias"])
+    torch.testing.assert_close(engine.head_state_dict()["fc2.bias"], closed["fc2.bias"])
     requests = make_requests(8, 1.0, seed=31)
     batch = engine.generate(requests, step=0, seed=1)
     for i in range(len(batch)):
@@ -378,7 +387,7 @@ def test_gate_bias_sync_freezes_then_releases_tau(engine, hf):
         assert batch.gate[i, 0] == 1 and torch.all(batch.gate[i, 1:n] == 0)
         assert torch.all(batch.tau[i, :n] == batch.tau[i, 0])  # every token keeps tau_0
     rec, _ = check_logprobs(hf, batch)
-    check_introllm_phi(strategy, batch, rec)
+    check_introllm_phi(sampling_strategy(engine, strategy), batch, rec)
 
     engine.load_weights(_head_keys(original))
     batch = engine.generate(requests, step=0, seed=1)

@@ -6,7 +6,9 @@ Fast (no model, no engine start); imports vLLM for its logits-processor types.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +23,8 @@ from rollout.vllm_engine import _module_of  # noqa: E402
 from rollout.vllm_model import TempoRuntime  # noqa: E402
 from rollout.vllm_overlay import (HEAD_FILE, INDEX_FILE, build_overlay, checkpoint_keys,  # noqa: E402
                                   head_keys, save_head)
-from rollout.vllm_rows import BASE_TAU, KEY, RowMismatch, RowRef, V1RowTracker  # noqa: E402
+from rollout.vllm_rows import (BASE_TAU, KEY, Row, RowMismatch, V1RowTracker,  # noqa: E402
+                               V2RowSource, find_row_source)
 
 
 def params(key, tau=1.0):
@@ -75,6 +78,10 @@ def test_tracker_slot_reused_in_same_step():
 
 
 class FakeRows:
+    """A V1-style row source over (key, base tau, greedy, live output list) entries."""
+
+    divides_in_compute_logits = True
+
     def __init__(self, rows):
         self._rows = rows
         self.readded = 0
@@ -82,7 +89,7 @@ class FakeRows:
     def rows(self, n):
         if n != len(self._rows):
             raise RowMismatch(f"{n} != {len(self._rows)}")
-        return self._rows
+        return [Row(k, tau, greedy, len(out)) for k, tau, greedy, out in self._rows]
 
 
 class PrevPlusOne(TemperatureStrategy):
@@ -97,18 +104,18 @@ class PrevPlusOne(TemperatureStrategy):
 
 def test_runtime_prev_tau_records_and_rewrites():
     out_a, out_b = [], []
-    rows = [RowRef("a", 1.0, False, out_a), RowRef("b", 0.5, False, out_b)]
+    rows = [("a", 1.0, False, out_a), ("b", 0.5, False, out_b)]
     rt = TempoRuntime(FakeRows(rows), PrevPlusOne())
     rt.begin(step=0, seed=0)
     logits = torch.ones(2, 4)  # (N, V)
     for _ in range(3):
-        got = rt.apply(torch.zeros(2, 8), logits)
+        got = rt.on_compute_logits(torch.zeros(2, 8), logits)
         out_a.append(1)
         out_b.append(1)
-    rt.apply(torch.zeros(2, 8), logits)  # position 3 ...
+    rt.on_compute_logits(torch.zeros(2, 8), logits)  # position 3 ...
     assert rt.rewritten == 0
     # ... again, as for a partial prefill chunk whose token was dropped: the later write wins
-    rt.apply(torch.zeros(2, 8), logits)
+    rt.on_compute_logits(torch.zeros(2, 8), logits)
     assert rt.rewritten == 2
     res = rt.collect(["a", "b"])
     taus_a = [r[0] for r in res["records"]["a"]]
@@ -127,17 +134,83 @@ class Broken(TemperatureStrategy):
 
 
 def test_runtime_counts_bad_tau_and_row_mismatch_without_raising():
-    rows = [RowRef("a", 0.9, False, []), RowRef("g", 1.3, True, [])]
+    rows = [("a", 0.9, False, []), ("g", 1.3, True, [])]
     rt = TempoRuntime(FakeRows(rows), Broken())
     rt.begin(0, None)
-    out = rt.apply(torch.zeros(2, 8), torch.ones(2, 4))
+    out = rt.on_compute_logits(torch.zeros(2, 8), torch.ones(2, 4))
     # NaN replaced by the base tau (and reported); greedy rows always use tau = 1
     torch.testing.assert_close(out, torch.tensor([[1 / 0.9] * 4, [1.0] * 4]))
     logits = torch.ones(3, 4)
-    assert rt.apply(torch.zeros(3, 8), logits) is logits  # mismatch: pass-through, reported
+    assert rt.on_compute_logits(torch.zeros(3, 8), logits) is logits  # mismatch: pass-through, reported
     res = rt.collect(["a", "g"])
     assert res["anomalies"] == {"bad_tau": 1, "row_mismatch": 1}
     assert res["records"]["g"][0][0] == 1.0
+
+
+# --------------------------------------------------------------------------- V2RowSource
+
+
+class _Lens:
+    """The two per-slot lengths V2 shares with logits processors (host views, as in vLLM)."""
+
+    def __init__(self, slots):
+        self.prompt_len = type("T", (), {"np": np.zeros(slots, dtype=np.int32)})()
+        self.prefill_len = type("T", (), {"np": np.zeros(slots, dtype=np.int32)})()
+
+
+def _add(source, lens, slot, key, prompt, prefill=None, tau=1.0):
+    lens.prompt_len.np[slot] = prompt
+    lens.prefill_len.np[slot] = prompt if prefill is None else prefill
+    assert source.add_request(slot, params(key, tau)) is True
+
+
+def _ctx(slots, pos):
+    return SimpleNamespace(expanded_idx_mapping=torch.tensor(slots),
+                           idx_mapping_np=np.array(slots), pos=torch.tensor(pos))
+
+
+def test_v2_source_positions_under_chunked_prefill_resume_and_slot_reuse():
+    lens = _Lens(4)
+    src = V2RowSource(None, lens)
+    assert src.rows(_ctx([0, 1], [5, 5]), 2) is None  # warm-up: no request added to these slots
+    _add(src, lens, 2, "a", prompt=100)
+    _add(src, lens, 0, "b", prompt=10, prefill=13)  # resumed after preemption: 3 tokens made
+    assert src.readded == 1
+    # a: partial prefill chunk (last input at 63 of 100) -> the position its final chunk samples
+    # b: final chunk of its re-prefill (last input at 12) -> samples position 3
+    rows = src.rows(_ctx([2, 0], [63, 12]), 2)
+    assert [(r.key, r.position) for r in rows] == [("a", 0), ("b", 3)]
+    rows = src.rows(_ctx([0, 2], [13, 99]), 2)  # decode of b; final prefill chunk of a
+    assert [(r.key, r.position) for r in rows] == [("b", 4), ("a", 0)]
+    _add(src, lens, 2, "c", prompt=7, tau=0.6)  # a finished; its slot is recycled
+    (row,) = src.rows(_ctx([2], [8]), 1)
+    assert (row.key, row.position, row.base_tau) == ("c", 2, pytest.approx(0.6))
+    with pytest.raises(RowMismatch, match="speculative"):
+        src.rows(_ctx([2], [8]), 2)
+
+
+def test_v2_source_divides_in_apply_with_the_hidden_states_stashed_by_compute_logits():
+    lens = _Lens(2)
+    src = V2RowSource(None, lens)
+    rt = TempoRuntime(src, PrevPlusOne())
+    src.runtime = rt
+    rt.begin(0, 0)
+    _add(src, lens, 1, "a", prompt=4, tau=0.5)
+    logits = torch.ones(1, 3)
+    assert rt.on_compute_logits(torch.zeros(1, 8), logits) is logits  # V2: no division here
+    out = src.apply(logits.clone(), _ctx([1], [3]))
+    torch.testing.assert_close(out, logits / 0.6)
+    assert rt.collect(["a"])["records"]["a"][0][0] == pytest.approx(0.6)
+
+
+def test_find_row_source_in_either_runner():
+    v1 = V1RowTracker(None, torch.device("cpu"), False)
+    v2 = V2RowSource(None, _Lens(1))
+    runner_v1 = SimpleNamespace(input_batch=SimpleNamespace(logitsprocs=SimpleNamespace(all=[v1])))
+    runner_v2 = SimpleNamespace(sampler=SimpleNamespace(logits_processors=[object(), v2]))
+    assert find_row_source(runner_v1) is v1 and find_row_source(runner_v2) is v2
+    with pytest.raises(RuntimeError, match="no Tempo row source"):
+        find_row_source(SimpleNamespace(sampler=SimpleNamespace(logits_processors=[])))
 
 
 # --------------------------------------------------------------------------- overlay folder
@@ -230,3 +303,24 @@ def test_tempo_class_subclasses_the_resolved_architecture():
     assert cls is tempo_model_class(cls.__mro__[2])
     with pytest.raises(ValueError, match="no model class"):
         register_architecture("NoSuchModelForCausalLM")
+
+
+# --------------------------------------------------------------------------- plain RPC payloads
+
+
+def test_tensors_cross_as_plain_data_and_back_exactly():
+    """What vLLM's msgpack carries between processes: only plain types, tensors rebuilt bit for bit."""
+    import msgspec
+
+    from rollout.vllm_payload import pack, pack_state, unpack, unpack_state
+
+    tensors = {"w": torch.randn(3, 4), "b16": torch.randn(5).bfloat16(), "s": torch.tensor(2.5),
+               "empty": torch.zeros(0, 2), "view": torch.arange(6).reshape(2, 3)[:, 1:]}
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(pack_state(tensors)))  # untyped decode
+    back = unpack_state(wire)
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+    same = torch.ones(2)
+    assert unpack(same) is same  # in-process: tensors pass as they are
+    with pytest.raises(TypeError, match="cannot send"):
+        pack(torch.zeros(2, dtype=torch.complex64))
