@@ -283,7 +283,10 @@ def add_rollout_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
                    help="local Hugging Face folder (default: the embedded tiny model)")
-    p.add_argument("--engines", default="vllm,hf", help="comma list of vllm, hf")
+    p.add_argument("--engines", default="vllm,hf",
+                   help="comma list of " + ", ".join(ROLLOUT_ENGINES) + " (vllm-* are the vLLM "
+                   "engine's shapes, compared with plain vllm: the CPU default, its engine core "
+                   "in this process, model runner V1, one rank)")
     p.add_argument("--strategies", default="introllm,fixed",
                    help="comma list of introllm, fixed: the arms run in every engine")
     p.add_argument("--reps", type=int, default=5, help="counted rounds (after the warm-up)")
@@ -310,8 +313,18 @@ def _split(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+ROLLOUT_ENGINES = {
+    "vllm": dict(engine="vllm", engine_core="inproc"),
+    "vllm-process": dict(engine="vllm", engine_core="process"),
+    "vllm-tp2": dict(engine="vllm", engine_core="inproc", tensor_parallel_size=2),
+    "hf": dict(engine="hf"),
+}
+"""--engines names -> RolloutConfig fields. Model runner V2 has no arm: on CPU it runs only under
+Triton's interpreter (a test stub), a correctness path, not a speed figure."""
+
+
 def bench_rollout(args) -> dict:
-    engines = _split(args.engines, ("vllm", "hf"), "--engines")
+    engines = _split(args.engines, tuple(ROLLOUT_ENGINES), "--engines")
     strategies = _split(args.strategies, ("introllm", "fixed"), "--strategies")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -394,7 +407,7 @@ def _rollout_arms(args, model, prompt_ids, engines, strategies, opened) -> tuple
 
     arms, start = [], {}
     for engine_name in engines:
-        cfg = RolloutConfig(engine=engine_name, group_size=args.group,
+        cfg = RolloutConfig(**ROLLOUT_ENGINES[engine_name], group_size=args.group,
                             max_new_tokens=args.max_new_tokens,
                             max_prompt_tokens=args.max_prompt_tokens,
                             batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs)
@@ -437,6 +450,9 @@ def _rollout_ratios(samples, engines, strategies) -> dict:
         pairs += [(f"{e}: introllm / fixed", f"{e}:introllm", f"{e}:fixed") for e in engines]
     if {"vllm", "hf"} <= set(engines):
         pairs += [(f"{s}: vllm / hf", f"vllm:{s}", f"hf:{s}") for s in strategies]
+    if "vllm" in engines:  # each vLLM shape against the default one
+        pairs += [(f"{s}: {e} / vllm", f"{e}:{s}", f"vllm:{s}") for e in engines
+                  if e.startswith("vllm-") for s in strategies]
     return {name: {clock: compare(samples[a], samples[b], per) for clock, per in CLOCKS.items()}
             for name, a, b in pairs}
 

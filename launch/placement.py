@@ -48,8 +48,18 @@ class Layout:
 
 
 def plan_layout(num_rollout: int, num_ranks: int, colocate: bool, gpu: bool,
-                use_group: bool = True) -> Layout:
-    """Bundles and each actor's slot; an actor sharing a bundle with k-1 others gets 1/k of it."""
+                use_group: bool = True, engine_gpus: int = 1) -> Layout:
+    """Bundles and each actor's slot; an actor sharing a bundle with k-1 others gets 1/k of it.
+
+    ``engine_gpus``: GPUs per rollout engine (vLLM's tensor-parallel size): its bundle holds that
+    many, and its actor asks for all of them (vLLM's worker processes inherit the actor's
+    visible GPUs). On CPUs an engine's tensor-parallel worker processes are vLLM's own, outside
+    Ray's CPU accounting, so its slot stays one CPU.
+    """
+    if colocate and gpu and engine_gpus > 1:
+        raise ConfigError(f"cluster.colocate=true shares one GPU between engine i and learner rank "
+                          f"i, but rollout.tensor_parallel_size={engine_gpus} needs {engine_gpus} "
+                          f"GPUs per engine; set cluster.colocate=false")
     if colocate:
         n = max(num_rollout, num_ranks)
         rollout_b, learner_b = list(range(num_rollout)), list(range(num_ranks))
@@ -57,10 +67,12 @@ def plan_layout(num_rollout: int, num_ranks: int, colocate: bool, gpu: bool,
         n = num_rollout + num_ranks
         rollout_b, learner_b = list(range(num_rollout)), [num_rollout + r for r in range(num_ranks)]
     share = [rollout_b.count(j) + learner_b.count(j) for j in range(n)]  # actors per bundle
-    bundles = [{"CPU": float(k), "GPU": 1.0} if gpu else {"CPU": 1.0} for k in share]
+    gpus = [float(engine_gpus) if j in rollout_b and not colocate else 1.0 for j in range(n)]
+    bundles = [{"CPU": float(k), "GPU": g} if gpu else {"CPU": 1.0} for k, g in zip(share, gpus)]
 
     def slot(b: int) -> Slot:
-        res = {"num_cpus": 1.0, "num_gpus": 1.0 / share[b]} if gpu else {"num_cpus": 1.0 / share[b]}
+        res = {"num_cpus": 1.0, "num_gpus": gpus[b] / share[b]} if gpu else \
+            {"num_cpus": 1.0 / share[b]}
         return Slot(b if use_group else None, res)
 
     return Layout(bundles, [slot(b) for b in rollout_b], [slot(b) for b in learner_b])
@@ -74,13 +86,13 @@ class Placement:
     a group), RuntimeError when the group is still not placed after cluster.placement_timeout_s.
     """
 
-    def __init__(self, cfg: ClusterConfig, num_rollout: int, num_ranks: int):
+    def __init__(self, cfg: ClusterConfig, num_rollout: int, num_ranks: int, engine_gpus: int = 1):
         import ray
 
         self.cfg, self.num_ranks = cfg, num_ranks
         self.gpu = _use_gpu(cfg.device, ray.cluster_resources().get("GPU", 0.0))
         self.layout = plan_layout(num_rollout, num_ranks, cfg.colocate, self.gpu,
-                                  use_group=cfg.placement != "none")
+                                  use_group=cfg.placement != "none", engine_gpus=engine_gpus)
         self._check_totals()
         self.pg = None
         if cfg.placement != "none":

@@ -163,7 +163,8 @@ class Trainer:
 
         run = self.run
         m = run.learner.num_ranks
-        self.placement = place = Placement(run.cluster, run.rollout.num_actors, m)
+        tp = run.rollout.tensor_parallel_size if run.rollout.engine == "vllm" else 1
+        self.placement = place = Placement(run.cluster, run.rollout.num_actors, m, engine_gpus=tp)
         restart = dict(max_restarts=3, max_task_retries=3)
         self.rollout = [
             ray.remote(RolloutWorker).options(name=f"rollout-{i}", **place.rollout_options(i),

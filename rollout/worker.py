@@ -74,8 +74,8 @@ class RolloutWorker:
         try:
             return self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
                                         **kwargs)
-        except Exception as err:
-            exit_if_engine_died(err, self.worker_index)
+        except Exception:
+            exit_if_engine_died(self.engine, self.worker_index)
             raise
 
     def generate_texts(self, requests: list[RolloutRequest], step: int, seed: int,
@@ -107,21 +107,18 @@ class RolloutWorker:
         return os.getpid()
 
 
-def exit_if_engine_died(err: Exception, worker_index: int) -> None:
+def exit_if_engine_died(engine, worker_index: int) -> None:
     """A vLLM engine whose engine-core or tensor-parallel worker process died cannot recover in
     place: end this actor's process, so that Ray restarts the actor (a fresh engine, resynced by
     the trainer) and retries the call, as for a killed rollout actor."""
-    try:
-        from vllm.v1.engine.exceptions import EngineDeadError
-    except ImportError:  # no vLLM: the transformers engine has no worker processes
+    if engine.alive():
         return
-    if isinstance(err, EngineDeadError) or isinstance(err.__cause__, EngineDeadError):
-        import logging
+    import logging
 
-        logging.getLogger(__name__).error(
-            "rollout worker %d: its vLLM engine died (%s); exiting so that Ray restarts it",
-            worker_index, err)
-        os._exit(70)
+    logging.getLogger(__name__).error(
+        "rollout worker %d: a process of its vLLM engine died; exiting so that Ray restarts it",
+        worker_index)
+    os._exit(70)
 
 
 class StaleWeightsError(RuntimeError):

@@ -13,6 +13,30 @@ QUICK_SPEC_KW = dict(sft_examples=1000, sft_steps=3, batch_size=8, hidden_size=6
 # head_dim 32: the smallest head size vLLM's CPU attention accepts
 
 
+# The vLLM engine shapes the engine tests run in (tests/test_rollout_vllm.py,
+# tests/test_rollout_engines_agree.py). Model runner V2 needs a Triton CPU backend that exists
+# only as a test stub (tests/triton_stub), installed before vLLM is first imported, so the V2
+# shapes run in a fresh interpreter: tests/test_rollout_vllm_v2.py
+VLLM_SHAPES = {
+    "v1-inproc": dict(runner="v1", engine_core="inproc"),
+    "v1-process": dict(runner="v1", engine_core="process"),
+    "v1-inproc-tp2": dict(runner="v1", engine_core="inproc", tensor_parallel_size=2),
+    "v2-inproc": dict(runner="v2", engine_core="inproc"),
+    "v2-process": dict(runner="v2", engine_core="process"),
+}
+VLLM_SHAPES_ENV = "TEMPO_TEST_VLLM_SHAPES"
+
+
+def vllm_shapes() -> list[str]:
+    """$TEMPO_TEST_VLLM_SHAPES (comma-separated names of VLLM_SHAPES), default: the V1 shapes."""
+    names = os.environ.get(VLLM_SHAPES_ENV, "v1-inproc,v1-process,v1-inproc-tp2").split(",")
+    unknown = [n for n in names if n not in VLLM_SHAPES]
+    if unknown:
+        raise ValueError(f"{VLLM_SHAPES_ENV} names unknown shapes {unknown}; "
+                         f"known: {sorted(VLLM_SHAPES)}")
+    return names
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A freshly built (barely trained) tiny Qwen2 folder: real tokenizer, real weights."""

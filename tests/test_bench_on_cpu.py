@@ -131,12 +131,16 @@ def test_rollout_benchmark_hf(tiny_model_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow  # starts vLLM
-def test_rollout_benchmark_vllm_and_hf(tiny_model_dir, tmp_path, capsys):
+def test_rollout_benchmark_vllm_shapes_and_hf(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    result = main(["rollout", "--engines", "vllm,hf", "--model", str(tiny_model_dir), *SMALL,
-                   "--out", str(out)])
-    _check_run(result, out, ["vllm", "hf"], capsys)
-    assert {"introllm: vllm / hf", "fixed: vllm / hf"} <= set(result["ratios"])
+    engines = ["vllm", "vllm-process", "hf"]
+    result = main(["rollout", "--engines", ",".join(engines), "--model", str(tiny_model_dir),
+                   *SMALL, "--out", str(out)])
+    _check_run(result, out, engines, capsys)
+    assert {"introllm: vllm / hf", "fixed: vllm / hf", "introllm: vllm-process / vllm",
+            "fixed: vllm-process / vllm"} <= set(result["ratios"])
+    # select is timed where it runs: in the engine-core process for vllm-process
+    assert all(s["select_s"] > 0 for s in result["arms"]["vllm-process:introllm"]["samples"])
 
 
 def test_learner_benchmark_times_every_arm_and_reports_the_ratios(tiny_model_dir, tmp_path, capsys):

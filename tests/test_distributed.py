@@ -60,6 +60,17 @@ def test_colocation_shares_bundle_i_between_engine_i_and_rank_i():
     assert all(s.resources == {"num_cpus": 0.5} for s in cpu.rollout + cpu.learner)
 
 
+def test_a_tensor_parallel_engine_gets_a_bundle_of_its_gpus():
+    lay = plan_layout(num_rollout=2, num_ranks=1, colocate=False, gpu=True, engine_gpus=2)
+    assert lay.bundles == [{"CPU": 1.0, "GPU": 2.0}] * 2 + [{"CPU": 1.0, "GPU": 1.0}]
+    assert all(s.resources == {"num_cpus": 1.0, "num_gpus": 2.0} for s in lay.rollout)
+    assert lay.learner[0].resources == {"num_cpus": 1.0, "num_gpus": 1.0}
+    cpu = plan_layout(1, 1, colocate=False, gpu=False, engine_gpus=2)  # vLLM's own processes
+    assert cpu.bundles == [{"CPU": 1.0}] * 2
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2"):
+        plan_layout(1, 1, colocate=True, gpu=True, engine_gpus=2)
+
+
 def test_no_placement_group_keeps_the_plain_resources():
     lay = plan_layout(1, 1, colocate=False, gpu=False, use_group=False)
     assert [s.bundle for s in lay.rollout + lay.learner] == [None, None]

@@ -27,8 +27,11 @@ def run_smoke(tmp_path, model_dir, *overrides, timeout=900):
     return proc, rows
 
 
-@pytest.mark.parametrize("overrides", [[], ["meta=tampo"], ["rollout=hf"]],
-                         ids=["introllm-vllm", "tampo-vllm", "introllm-hf"])
+@pytest.mark.parametrize("overrides", [
+    [], ["meta=tampo"], ["rollout=hf"], ["rollout.engine_core=process"],
+    ["rollout.tensor_parallel_size=2"]],
+    ids=["introllm-vllm", "tampo-vllm", "introllm-hf", "introllm-vllm-engine-core-process",
+         "introllm-vllm-tp2"])
 def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, overrides):
     proc, rows = run_smoke(tmp_path, tiny_model_dir, *overrides)
     steps = sane_steps(rows, steps=2, max_new_tokens=32)

@@ -38,9 +38,10 @@ ARGS = ["+experiment=smoke", "rollout=hf", "meta=tampo", "trainer.total_steps=4"
 VOLATILE = ("timing_s/", "perf/", "rollout/gen_s", "reward/wall_s")
 
 
-def launch(run_dir, model_dir, *extra):
+def launch(run_dir, model_dir, *extra, rollout="hf"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "launch.run", *ARGS, f"model.path={model_dir}",
+    args = [a if a != "rollout=hf" else f"rollout={rollout}" for a in ARGS]
+    cmd = [sys.executable, "-m", "launch.run", *args, f"model.path={model_dir}",
            f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -167,7 +168,8 @@ def test_nonfinite_updates_are_counted_and_a_streak_stops_the_run(tmp_path):
 
 
 def kill_actor(proc, name: str) -> None:
-    """SIGKILL the one process of the run's actor class `name` (e.g. 'LearnerWorker')."""
+    """SIGKILL the one process of the run whose command line names `name` (an actor class such
+    as 'LearnerWorker', or a vLLM process title such as 'VLLM::EngineCore')."""
     import psutil
 
     found = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
@@ -208,6 +210,27 @@ def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, 
     out = finish(proc)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = sane_steps(rows, steps=8, max_new_tokens=32)  # each step once; engine == learner
+    assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled
+    assert steps[-1]["rollout/actor_restarts"] == 1, out[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, victim", [
+    ("rollout.engine_core=process", "VLLM::EngineCore"),
+    ("rollout.tensor_parallel_size=2", "VLLM::Worker_TP1"),
+], ids=["engine-core", "tp-worker"])
+def test_a_killed_vllm_process_restarts_the_rollout_actor_and_no_step_is_lost(
+        tmp_path, tiny_model_dir, shape, victim):
+    """One of the vLLM engine's own processes is killed after step 2: the rollout actor sees its
+    engine dead, exits, is restarted by Ray with a fresh engine, resynced, and the step repeats."""
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=5", "meta=introllm", shape,
+                  rollout="vllm")
+    wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
+    kill_actor(proc, victim)
+    out = finish(proc)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = sane_steps(rows, steps=5, max_new_tokens=32)  # each step once; engine == learner
     assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled
     assert steps[-1]["rollout/actor_restarts"] == 1, out[-3000:]
 

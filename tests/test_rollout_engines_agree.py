@@ -32,6 +32,7 @@ from learner.logprobs import token_logprobs  # noqa: E402
 from meta.introllm import IntroLLM, TemperatureHead  # noqa: E402
 from rollout.base import RolloutRequest  # noqa: E402
 from rollout.hf_engine import HFEngine  # noqa: E402
+from tests.conftest import VLLM_SHAPES, vllm_shapes  # noqa: E402
 
 PROMPTS, GROUP = 64, 4
 MAX_NEW = 24
@@ -78,16 +79,16 @@ def setup(tiny_model_dir):
     return hidden, state, hf, requests
 
 
-@pytest.fixture(scope="module")
-def vllm_run(tiny_model_dir, setup):
-    """(the head the vLLM engine samples with, its batch)."""
+@pytest.fixture(scope="module", params=vllm_shapes())
+def vllm_run(request, tiny_model_dir, setup):
+    """(the head the vLLM engine samples with, its batch), in each engine shape."""
     from rollout.vllm_engine import VLLMEngine
 
     hidden, state, _, requests = setup
     # a differently seeded strategy: the engine must end up with `state` only through load_weights
     engine = VLLMEngine(str(tiny_model_dir), introllm(hidden, varied_head(hidden, seed=99)),
                         max_model_len=MAX_PROMPT + MAX_NEW, max_new_tokens=MAX_NEW,
-                        max_num_seqs=PROMPTS * GROUP, seed=0)
+                        max_num_seqs=PROMPTS * GROUP, seed=0, **VLLM_SHAPES[request.param])
     try:
         engine.load_weights({f"temperature_head.{k}": v for k, v in state.items()})
         head = engine.head_state_dict()

@@ -13,12 +13,14 @@ and the number of recorded tau equals the number of generated tokens of every re
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
 
 
 from launch.build_model import TinyModelSpec, build  # noqa: E402
+from tests.conftest import VLLM_SHAPES, vllm_shapes  # noqa: E402
 from meta.base import RowContext  # noqa: E402
 from meta.introllm import IntroLLM  # noqa: E402
 from meta.registry import build_strategy  # noqa: E402
@@ -83,13 +85,14 @@ def hf(model_dir):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-@pytest.fixture(scope="module")
-def engine(model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=vllm_shapes())
+def engine(request, model_dir, tmp_path_factory):
+    """One engine per shape (module scope: the tests below run against each in turn)."""
     from rollout.vllm_engine import VLLMEngine
 
     overlay = tmp_path_factory.mktemp("overlay")  # head_dir: the overlay folder lives here
     eng = VLLMEngine(str(model_dir), IntroLLM(hidden_size=HIDDEN), seed=0, head_dir=str(overlay),
-                     **ENGINE_KW)
+                     **VLLM_SHAPES[request.param], **ENGINE_KW)
     yield eng
     eng.close()
 
@@ -245,7 +248,15 @@ STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(STRATEGIES))
+def strategy_names() -> list[str]:
+    """Every strategy; $TEMPO_TEST_VLLM_STRATEGIES narrows it (the V2 shapes run under Triton's
+    interpreter: tests/test_rollout_vllm_v2.py keeps one strategy of each kind there)."""
+    names = os.environ.get("TEMPO_TEST_VLLM_STRATEGIES", ",".join(STRATEGIES)).split(",")
+    assert set(names) <= set(STRATEGIES), names
+    return names
+
+
+@pytest.mark.parametrize("name", strategy_names())
 def test_strategy_tau_counts_and_logprobs_match_transformers(engine, hf, name):
     strategy = build_strategy(name, **STRATEGIES[name])
     engine.set_strategy(strategy)
@@ -339,6 +350,15 @@ def test_same_seed_same_batch(engine):
     for f in ("response_ids", "tau", "logp_rollout", "gate", "z", "logp_phi"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
     assert not torch.equal(a.tau, c.tau)
+
+
+def test_every_tensor_parallel_rank_records_the_same_values(engine, hf):
+    """Each rank runs the head on its own copy of the hidden states; rank 0's decisions are
+    broadcast, and the engine compares every rank's records (a digest of all of them)."""
+    engine.set_strategy(IntroLLM(hidden_size=HIDDEN))
+    batch = engine.generate(make_requests(6, 1.0, seed=61), step=0, seed=3)
+    assert batch.stats["vllm/ranks_agreeing"] == engine.shape["tensor_parallel_size"]
+    check_logprobs(hf, batch)  # and the tokens were sampled with the recorded tau
 
 
 def test_greedy_uses_tau_one(engine, hf):
