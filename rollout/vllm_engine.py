@@ -123,6 +123,8 @@ class VLLMEngine:
             # the OpenMP binding of its own worker processes); in-process nothing was bound
             torch.set_num_threads = set_num_threads
         self.start_s = time.perf_counter() - t0
+        if self._remote:
+            self._watch_engine_core()
         from vllm.platforms import current_platform
 
         self._on_cpu = current_platform.is_cpu()
@@ -212,6 +214,28 @@ class VLLMEngine:
     def head_state_dict(self) -> dict[str, Tensor]:
         """The temperature head the engine samples with (TemperatureHead names, fp32 copies)."""
         return unpack_state(self._rpc("tempo_head_state"))
+
+    def _watch_engine_core(self) -> None:
+        """Wake a ``generate`` blocked on a dead engine-core process.
+
+        vLLM's client notices the death (``resources.engine_dead``) and shuts down, but a caller
+        already waiting in ``LLMEngine.step`` for outputs waits forever (vLLM 0.32 and 0.33: the
+        output queue gets nothing). This thread hands that queue vLLM's own ``EngineDeadError``,
+        which ``step`` then raises.
+        """
+        import threading
+
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        core = self.llm.llm_engine.engine_core
+
+        def watch():
+            while self.llm is not None and not core.resources.engine_dead:
+                time.sleep(0.5)
+            if self.llm is not None:  # died, not closed
+                core.outputs_queue.put_nowait(EngineDeadError())
+
+        threading.Thread(target=watch, name="TempoEngineCoreWatch", daemon=True).start()
 
     def alive(self) -> bool:
         """False once a process of the engine died (the engine core, when it runs in its own

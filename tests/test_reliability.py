@@ -172,8 +172,13 @@ def kill_actor(proc, name: str) -> None:
     as 'LearnerWorker', or a vLLM process title such as 'VLLM::EngineCore')."""
     import psutil
 
-    found = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
-             if name in " ".join(p.cmdline())]
+    def names(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):  # e.g. vLLM's exited helpers
+            return ""
+
+    found = [p.pid for p in psutil.Process(proc.pid).children(recursive=True) if name in names(p)]
     assert len(found) == 1, (name, found)
     os.kill(found[0], signal.SIGKILL)
 
