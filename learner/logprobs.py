@@ -25,12 +25,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from launch.config import LOGPROB_CHUNK
 from learner import fused_logprobs
+from learner.config import LOGPROB_CHUNK
 
 IMPLS = ("auto", "torch", "triton")
 
-DEFAULT_CHUNK = LOGPROB_CHUNK  # learner.logprob_chunk's default, defined once in launch.config
+DEFAULT_CHUNK = LOGPROB_CHUNK  # learner.logprob_chunk's default, defined once in learner.config
 
 
 def _compute_dtype(logits: Tensor) -> torch.dtype:

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from launch.config import LearnerConfig, PhiTrainingConfig
 from learner import ds_utils
+from learner.config import LearnerConfig, PhiTrainingConfig
 from learner.core_algos import masked_mean, phi_policy_loss, policy_loss
 from learner.logprobs import old_pass_stats, token_entropy, token_logprobs
 from meta.introllm import TemperatureHead

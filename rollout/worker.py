@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from launch.config import RolloutConfig
 from meta.base import TemperatureStrategy
 from rollout.base import RolloutRequest
+from rollout.config import RolloutConfig
 from rollout.trajectory import TrajectoryBatch
 
 
