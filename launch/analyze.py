@@ -117,7 +117,7 @@ def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
 
     from data.prompts import render_prompt
     from launch.config import validate
-    from launch.pipeline import load_data, resolve_model_path
+    from launch.inputs import load_data, resolve_model_path
     from learner.logprobs import token_entropy
 
     run = validate(OmegaConf.load(run_dir / "resolved_config.yaml"))

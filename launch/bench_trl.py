@@ -180,7 +180,7 @@ def bench_trl(args) -> dict:
 
     from launch.bench import (Arm, Table, interleaved, machine_info, print_block, print_tables,
                               summarize)
-    from launch.pipeline import load_data, resolve_model_path
+    from launch.inputs import load_data, resolve_model_path
     from launch.trainer import Trainer
 
     torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""Held-out evaluation: the entry point, the groups a problem counts under, the results table.
+"""Held-out evaluation of a checkpoint or model folder: the entry point.
 
     python -m launch.evaluate +experiment=introllm eval.checkpoint=runs/x/checkpoints/step_000120
     python -m launch.evaluate model.path=/models/Qwen3-1.7B data=math data.eval_path=/data/math500.jsonl
@@ -19,28 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-from data.synthetic import Problem
-
-
-def groups_of(p: Problem) -> list[str]:
-    """The groups a problem's metrics count under: its family, its level, and both."""
-    level = f"L{p.level}" if p.level else "L?"
-    return [p.task, level, f"{p.task}/{level}"]
-
-
-def format_table(metrics: dict[str, float], k: int) -> str:
-    """A small text table: one row per group with n, Avg@k, Pass@1, Pass@k, maj@k."""
-    groups = sorted({key.split("/avg@")[0] for key in metrics if "/avg@" in key},
-                    key=lambda g: (g != "all", g))
-    lines = [f"{'group':<16} {'n':>5} {'avg@' + str(k):>8} {'pass@1':>8} {'pass@' + str(k):>8} "
-             f"{'maj@' + str(k):>8}"]
-    for g in groups:
-        row = [metrics.get(f"{g}/n", 0), metrics.get(f"{g}/avg@{k}", float("nan")),
-               metrics.get(f"{g}/pass@1", float("nan")), metrics.get(f"{g}/pass@{k}", float("nan")),
-               metrics.get(f"{g}/maj@{k}", float("nan"))]
-        lines.append(f"{g:<16} {row[0]:>5.0f} " + " ".join(f"{v:>8.3f}" for v in row[1:]))
-    return "\n".join(lines)
-
 
 def evaluate_run(run, run_dir: str) -> dict[str, float]:
     """Evaluate `run`'s model (or `run.eval.checkpoint`) on its held-out data; writes
@@ -49,7 +27,8 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
 
     from launch.checkpoint import checkpoint_weights, find_checkpoint
     from launch.config import ConfigError
-    from launch.pipeline import load_data, resolve_model_path
+    from launch.metrics import format_table
+    from launch.inputs import load_data, resolve_model_path
     from launch.trainer import Trainer
 
     model_path = resolve_model_path(run)
@@ -92,7 +71,7 @@ def main() -> None:
     from omegaconf import DictConfig
 
     from launch.config import ConfigError, validate
-    from launch.run import exit_on_sigterm
+    from launch.signals import exit_on_sigterm
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
     def _main(cfg: DictConfig) -> None:

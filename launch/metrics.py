@@ -1,4 +1,5 @@
-"""Evaluation metrics over k samples per problem: Avg@k, Pass@k (unbiased), maj@k, per group.
+"""Evaluation metrics over k samples per problem: Avg@k, Pass@k (unbiased), maj@k, per group;
+the groups a problem counts under; the results table.
 
 Pure Python; inputs are per-problem lists of (correct, answer) for the k samples.
 """
@@ -7,6 +8,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from math import comb
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from data.synthetic import Problem
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -50,3 +55,23 @@ def summarize(results: list[dict], ks: tuple[int, ...] = (1,)) -> dict[str, floa
                     for r in rows) / len(rows)
         out[f"{g}/maj@{k}"] = sum(majority_correct(r["correct"], r["answers"]) for r in rows) / len(rows)
     return out
+
+
+def groups_of(p: Problem) -> list[str]:
+    """The groups a problem's metrics count under: its family, its level, and both."""
+    level = f"L{p.level}" if p.level else "L?"
+    return [p.task, level, f"{p.task}/{level}"]
+
+
+def format_table(metrics: dict[str, float], k: int) -> str:
+    """A small text table: one row per group with n, Avg@k, Pass@1, Pass@k, maj@k."""
+    groups = sorted({key.split("/avg@")[0] for key in metrics if "/avg@" in key},
+                    key=lambda g: (g != "all", g))
+    lines = [f"{'group':<16} {'n':>5} {'avg@' + str(k):>8} {'pass@1':>8} {'pass@' + str(k):>8} "
+             f"{'maj@' + str(k):>8}"]
+    for g in groups:
+        row = [metrics.get(f"{g}/n", 0), metrics.get(f"{g}/avg@{k}", float("nan")),
+               metrics.get(f"{g}/pass@1", float("nan")), metrics.get(f"{g}/pass@{k}", float("nan")),
+               metrics.get(f"{g}/maj@{k}", float("nan"))]
+        lines.append(f"{g:<16} {row[0]:>5.0f} " + " ".join(f"{v:>8.3f}" for v in row[1:]))
+    return "\n".join(lines)

@@ -1,7 +1,5 @@
-"""What ``launch.run`` does with a validated config: resolve the model and the data, then run.
-
-Model resolution: ``model.path=null`` means the embedded tiny model (built on first use and
-cached); a local folder must be a Hugging Face model folder, checked before anything starts.
+"""What ``launch.run`` does with a validated config: resolve the model and the data
+(``launch.inputs``), resume, train, evaluate, write the report.
 """
 
 from __future__ import annotations
@@ -13,28 +11,9 @@ import time
 from pathlib import Path
 
 from launch.config import ConfigError, RunConfig
+from launch.inputs import load_data, resolve_model_path
 
 log = logging.getLogger(__name__)
-
-
-def resolve_model_path(run: RunConfig) -> Path:
-    """The model folder to load; builds the embedded model if needed; checks a local folder."""
-    if run.model.path is None:
-        from launch.build_model import ensure_tiny_model
-
-        return ensure_tiny_model(cache_dir=run.model.cache_dir)
-    path = Path(run.model.path).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"model.path ({run.model.path}) is not a folder; pass a local Hugging "
-                          "Face model folder (there is no hub access), or model.path=null for "
-                          "the embedded tiny model")
-    if not (path / "config.json").exists():
-        raise ConfigError(f"model.path ({path}) is not a model folder: it has no config.json; "
-                          "point it at the folder that holds config.json and *.safetensors")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ConfigError(f"model.path ({path}) has no weights (*.safetensors or *.bin); "
-                          "point it at a complete model folder")
-    return path
 
 
 def check_learner_device(run: RunConfig) -> None:
@@ -45,25 +24,6 @@ def check_learner_device(run: RunConfig) -> None:
         raise ConfigError(f"learner.logprob_impl (triton) runs its kernels on CUDA, but this run's "
                           f"learners are on CPUs (cluster.device={run.cluster.device}, no CUDA "
                           f"here); set learner.logprob_impl=auto (triton on CUDA, torch on CPU)")
-
-
-def load_data(run: RunConfig):
-    """(train problems, held-out problems) as configured."""
-    from data.loaders import DataError, load_problems
-    from data.synthetic import generate
-
-    d = run.data
-    if d.source == "synthetic":
-        train = generate(d.train_size, "train", seed=run.seed, families=d.families, levels=d.levels)
-        heldout = generate(d.eval_size, "eval", seed=run.seed, families=d.families,
-                           levels=d.levels) if d.eval_size else []
-        return train, heldout
-    try:
-        train = load_problems(d.train_path, d.format, d.max_bad_fraction)
-        heldout = load_problems(d.eval_path, d.format, d.max_bad_fraction) if d.eval_path else []
-    except DataError as e:
-        raise ConfigError(str(e)) from None
-    return train, heldout
 
 
 def resume_point(run: RunConfig, run_dir: str) -> tuple[Path | None, str | None]:
@@ -102,7 +62,7 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     """Resolve model and data, train on Ray actors, evaluate; returns the final metrics."""
     from dataclasses import asdict
 
-    from launch.evaluate import format_table
+    from launch.metrics import format_table
     from launch.logger import MetricsLogger
     from launch.trainer import Trainer
 

@@ -3,32 +3,22 @@
 Hydra composes ``conf/``; ``launch.config.validate`` checks everything before any process or
 actor starts; then the run folder (Hydra's output dir) gets the resolved config, the model is
 resolved (the embedded tiny model is built on first use and cached), the data is loaded, and
-the pipeline runs (``launch.pipeline``).
+the pipeline runs (``launch.pipeline``; the model and data: ``launch.inputs``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from launch.config import ConfigError, validate
+from launch.signals import exit_on_sigterm
 
 log = logging.getLogger("launch.run")
-
-
-def exit_on_sigterm() -> None:
-    """SIGTERM (a plain `kill`, a scheduler's pre-emption) exits through ``finally`` blocks, so the
-    run shuts its actors and wandb down cleanly. ``ray.init`` installs handlers of its own (the
-    local node's kills every Ray process at once, the core worker's prints a stack and aborts),
-    so this is called again after it. Main thread only (a no-op elsewhere)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

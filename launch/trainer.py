@@ -47,7 +47,7 @@ def eval_seed(seed: int, step: int) -> int:
     other seeds sample other held-out responses (and the same seed the same ones; `launch.evaluate`
     repeats a run's evaluation). 7,919 + step at seed 0, as before; the training rollout's seed of
     step + 7,919, so never a training step's in a run of fewer steps. Only the sampling: the
-    held-out problems are `launch.pipeline.load_data`'s."""
+    held-out problems are `launch.inputs.load_data`'s."""
     return rollout_seed(seed, 7_919 + step)
 
 
@@ -91,7 +91,7 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
     """Start (or join) the Ray cluster; returns the dashboard URL, if any."""
     import ray
 
-    from launch.run import exit_on_sigterm
+    from launch.signals import exit_on_sigterm
 
     if ray.is_initialized():
         return None
@@ -297,8 +297,7 @@ class Trainer:
         """Held-out Avg@k / Pass@k / maj@k, overall, per family and per level."""
         import ray
 
-        from launch.metrics import summarize
-        from launch.evaluate import groups_of
+        from launch.metrics import groups_of, summarize
         from reward.extract import last_boxed
 
         run, k = self.run, self.run.eval.samples
