@@ -155,7 +155,7 @@ def build_trl(args, run, model_path: str, train, out_dir: str):
     verifier.__name__ = "correctness"
     trainer = GRPOTrainer(model=model, reward_funcs=[verifier], args=cfg,
                           train_dataset=Dataset.from_list(rows), processing_class=tok)
-    from launch.bench import MethodClock
+    from launch.bench_harness import MethodClock
 
     clock = MethodClock()
     clock.wrap(trainer, "_generate", "gen", count_tokens=lambda out: sum(len(c) for c in out[1]))
@@ -178,7 +178,7 @@ def bench_trl(args) -> dict:
         raise SystemExit("python -m launch.bench trl needs TRL: pip install -e '.[bench]'") from None
     import torch
 
-    from launch.bench import (Arm, Table, interleaved, machine_info, print_block, print_tables,
+    from launch.bench_harness import (Arm, Table, interleaved, machine_info, print_block, print_tables,
                               summarize)
     from launch.inputs import load_data, resolve_model_path
     from launch.trainer import Trainer

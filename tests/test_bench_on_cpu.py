@@ -1,4 +1,5 @@
-"""launch.bench: the shared timing helpers (hand-checked), and tiny real runs of ``rollout``."""
+"""launch.bench: the shared timing helpers (launch.bench_harness, hand-checked), and tiny real
+runs of every benchmark."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 
 import pytest
 
-from launch.bench import (Arm, Table, compare, head_cost_note, interleaved, main, quantile,
-                          schedule, summarize)
+from launch.bench import head_cost_note, main
+from launch.bench_harness import Arm, Table, compare, interleaved, quantile, schedule, summarize
 
 # ----------------------------------------------------------------------------- helpers
 
