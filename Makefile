@@ -2,14 +2,17 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup run test test-fast model
+.PHONY: setup run lint test test-fast model
 setup:
 	@bash scripts/setup.sh
 
 run: setup  ## set up, then train on the embedded default (ARGS="meta=tampo ..." adds overrides)
 	$(PY) -m launch.run +experiment=introllm $(ARGS)
 
-test: setup  ## set up, then run the whole test suite (fast tier + slow end-to-end tests)
+lint: setup  ## ruff over the whole tree (rules: pyproject.toml [tool.ruff])
+	$(PY) -m ruff check .
+
+test: setup lint  ## set up, lint, then run the whole test suite (fast tier + slow end-to-end tests)
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(ARGS)
 
 test-fast: setup  ## the fast tier only (a minute or two)

@@ -120,7 +120,10 @@ def to_problem(row, fmt: str, index: int, source: str) -> Problem:
         if question is None:
             raise BadRow("row has no 'problem' or 'question'")
         raw_answer = row.get("answer")
-        gold = str(raw_answer).strip() if isinstance(raw_answer, (int, float)) else _text(row, "answer")
+        if isinstance(raw_answer, (int, float)):
+            gold = str(raw_answer).strip()
+        else:
+            gold = _text(row, "answer")
         solution = _text(row, "solution") or ""
         if gold is None and solution:
             gold = last_boxed(solution)
@@ -131,7 +134,8 @@ def to_problem(row, fmt: str, index: int, source: str) -> Problem:
     return Problem(f"{source}-{index}", "math", question, gold, solution, level, meta)
 
 
-def load_problems(path: str | Path, fmt: str = "auto", max_bad_fraction: float = 0.1) -> list[Problem]:
+def load_problems(path: str | Path, fmt: str = "auto",
+                  max_bad_fraction: float = 0.1) -> list[Problem]:
     """All good rows of ``path`` as Problems; bad rows skipped with a count and one warning."""
     if fmt not in FORMATS:
         raise DataError(f"data.format ({fmt!r}) must be one of {FORMATS}; set data.format=auto")

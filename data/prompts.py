@@ -13,7 +13,8 @@ def question_text(problem: Problem, instruction: str = "") -> str:
     return f"{problem.prompt} {instruction}".strip() if instruction else problem.prompt
 
 
-def render_prompt(problem: Problem, tokenizer, template: str = "chat", instruction: str = "") -> str:
+def render_prompt(problem: Problem, tokenizer, template: str = "chat",
+                  instruction: str = "") -> str:
     text = question_text(problem, instruction)
     if template == "plain":
         return text + "\n"

@@ -116,7 +116,8 @@ def _arith(rng: random.Random, level: int) -> tuple[str, str, str, dict] | None:
 # ----------------------------------------------------------------------------- countdown
 
 # level -> (how many numbers, largest number, largest target)
-_COUNTDOWN_LEVELS = {1: (2, 20, 99), 2: (3, 9, 99), 3: (3, 20, 200), 4: (4, 9, 200), 5: (4, 25, 500)}
+_COUNTDOWN_LEVELS = {1: (2, 20, 99), 2: (3, 9, 99), 3: (3, 20, 200), 4: (4, 9, 200),
+                     5: (4, 25, 500)}
 
 
 def _countdown(rng: random.Random, level: int) -> tuple[str, str, str, dict] | None:
@@ -152,7 +153,8 @@ _GENERATORS = {"arith": _arith, "countdown": _countdown}
 
 
 def is_heldout(prompt: str) -> bool:
-    """True iff this prompt belongs to the held-out split (seed-independent, so splits never mix)."""
+    """True iff this prompt belongs to the held-out split (seed-independent, so splits never
+    mix)."""
     digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % EVAL_BUCKETS == 0
 

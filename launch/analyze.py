@@ -36,7 +36,9 @@ SCATTER_RESPONSES = 128  # responses of one dump whose per-token entropies are r
 
 def load_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def load_dumps(run_dir: Path, from_step: int = 0) -> list[dict]:
@@ -74,7 +76,8 @@ def tau_by_position(dumps: list[dict], max_len: int = 256) -> list[tuple[float, 
     return [(s / c, c) for s, c in zip(sums, counts) if c]
 
 
-def top_tau_tokens(dumps: list[dict], k: int = 15, min_count: int = MIN_COUNT) -> list[tuple[str, float, int]]:
+def top_tau_tokens(dumps: list[dict], k: int = 15,
+                   min_count: int = MIN_COUNT) -> list[tuple[str, float, int]]:
     """(token text, mean τ, count) of the k tokens with the highest mean τ."""
     by: dict[str, list[float]] = defaultdict(list)
     for r in dumps:
@@ -105,7 +108,8 @@ def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
     steps = [int(c.name.split("_")[1]) for c in complete_checkpoints(run_dir)]
     steps = [n for n in steps if (run_dir / "rollouts" / f"step_{n:06d}.jsonl").exists()]
     if not steps:
-        return None, "no dumped step has a checkpoint (needs trainer.dump_every to divide save_every)"
+        return None, ("no dumped step has a checkpoint (needs trainer.dump_every to divide "
+                      "save_every)")
     step = max(steps)
     rows = [json.loads(x) for x in (run_dir / "rollouts" / f"step_{step:06d}.jsonl").read_text()
             .splitlines() if x.strip()][:max_responses]
@@ -128,7 +132,8 @@ def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
     theta = {k: v for k, v in weights.items() if not k.startswith("temperature_head.")}
     missing, _ = model.load_state_dict(theta, strict=False)
     if missing:
-        return None, f"checkpoint step_{step:06d} lacks {len(missing)} model weights ({missing[0]}, ...)"
+        return None, (f"checkpoint step_{step:06d} lacks {len(missing)} model weights "
+                      f"({missing[0]}, ...)")
     problems = {p.id: p for p in load_data(run)[0]}
     pairs = []
     with torch.no_grad():
@@ -237,7 +242,8 @@ def make_plots(run_dir: Path, metrics: list[dict], half: int,
             ax.set(xlabel="mean τ", title=f"tokens with the highest τ (≥ {MIN_COUNT} uses)")
             save(fig, "top_tau_tokens")
     else:
-        skipped["tau_by_level"] = skipped["tau_along_response"] = "no rollout dumps (trainer.dump_every=0)"
+        why = "no rollout dumps (trainer.dump_every=0)"
+        skipped["tau_by_level"] = skipped["tau_along_response"] = why
 
     x, y = series(metrics, "tau/mean")
     if x:
@@ -261,7 +267,8 @@ def make_plots(run_dir: Path, metrics: list[dict], half: int,
         grid = [[r[k] for r in rows] for k in pi_keys]
         fig, ax = plt.subplots(figsize=(9, 3.8))
         im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis",
-                       extent=(rows[0]["step"] - 0.5, rows[-1]["step"] + 0.5, -0.5, len(pi_keys) - 0.5))
+                       extent=(rows[0]["step"] - 0.5, rows[-1]["step"] + 0.5,
+                               -0.5, len(pi_keys) - 0.5))
         temps = [float(k.split("_T")[1]) for k in pi_keys]
         ax.set_yticks(range(len(temps)))
         ax.set_yticklabels([f"{t:.2f}" for t in temps])
@@ -280,7 +287,8 @@ def make_plots(run_dir: Path, metrics: list[dict], half: int,
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(cx, cy)
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set(xlabel="step", ylabel="Pearson r", title="τ vs entropy of the untempered distribution")
+        ax.set(xlabel="step", ylabel="Pearson r",
+               title="τ vs entropy of the untempered distribution")
         save(fig, "tau_entropy")
     else:
         skipped["tau_entropy"] = "τ is constant within each step (scalar strategy)"
@@ -303,7 +311,8 @@ def make_plots(run_dir: Path, metrics: list[dict], half: int,
     if rx:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         w = max(1, len(ry) // 20)
-        smooth = [sum(ry[max(0, i - w + 1): i + 1]) / len(ry[max(0, i - w + 1): i + 1]) for i in range(len(ry))]
+        windows = [ry[max(0, i - w + 1): i + 1] for i in range(len(ry))]
+        smooth = [sum(win) / len(win) for win in windows]
         ax.plot(rx, ry, alpha=0.3, label="train reward")
         ax.plot(rx, smooth, label=f"train reward ({w}-step mean)")
         key, ex_, ey = heldout_curve(metrics)
@@ -319,7 +328,8 @@ def make_plots(run_dir: Path, metrics: list[dict], half: int,
 
 
 def _final_table(metrics: list[dict]) -> list[str]:
-    base = {k[len("eval_base/"):]: v for r in metrics for k, v in r.items() if k.startswith("eval_base/")}
+    base = {k[len("eval_base/"):]: v for r in metrics for k, v in r.items()
+            if k.startswith("eval_base/")}
     final: dict[str, float] = {}
     for r in metrics:  # the last evaluation
         if any(k.startswith("eval/") for k in r):
@@ -334,7 +344,8 @@ def _final_table(metrics: list[dict]) -> list[str]:
     fmt = lambda d, key: f"{d[key]:.3f}" if key in d else "-"  # noqa: E731
     for g in groups:
         n = final.get(f"{g}/n", base.get(f"{g}/n", 0))
-        lines.append(f"| {g} | {n:.0f} | {fmt(base, f'{g}/avg@{k}')} | {fmt(final, f'{g}/avg@{k}')} "
+        lines.append(f"| {g} | {n:.0f} | {fmt(base, f'{g}/avg@{k}')} "
+                     f"| {fmt(final, f'{g}/avg@{k}')} "
                      f"| {fmt(base, f'{g}/pass@{k}')} | {fmt(final, f'{g}/pass@{k}')} |")
     return lines
 

@@ -38,9 +38,20 @@ import time
 from typing import Sequence
 
 from launch.bench_gpu import add_gpu_parser
-from launch.bench_harness import (Arm, Table, candidate_temperatures, compare, fmt_rate,
-                                  interleaved, machine_info, print_block, print_tables, rates,
-                                  summarize, write_json)
+from launch.bench_harness import (
+    Arm,
+    Table,
+    candidate_temperatures,
+    compare,
+    fmt_rate,
+    interleaved,
+    machine_info,
+    print_block,
+    print_tables,
+    rates,
+    summarize,
+    write_json,
+)
 from launch.bench_trl import add_trl_parser
 
 # ----------------------------------------------------------------------------- rollout
@@ -212,7 +223,8 @@ CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}
 
 
 def _rollout_ratios(samples, engines, strategies) -> dict:
-    """{comparison: {clock: compare(...)}} for head / fixed per engine and vllm / hf per strategy."""
+    """{comparison: {clock: compare(...)}} for head / fixed per engine and vllm / hf per
+    strategy."""
     pairs = []
     if {"introllm", "fixed"} <= set(strategies):
         pairs += [(f"{e}: introllm / fixed", f"{e}:introllm", f"{e}:fixed") for e in engines]
@@ -278,7 +290,8 @@ def add_learner_parser(sub) -> None:
                        "with learner.mini_batches=1), the theta step with a separate old-log-prob "
                        "pass (mini_batches > 1), the phi step (update of the head only), "
                        "and the old-log-prob pass with and without TAMPO's l_k for K candidates. "
-                       "Targets: l_k <= 5 % of a learner step; a phi step well under half a theta step.")
+                       "Targets: l_k <= 5 % of a learner step; a phi step well under half a "
+                       "theta step.")
     p.add_argument("--model", default=None, help="local HF folder (default: the embedded model)")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--group", type=int, default=8)
@@ -314,7 +327,8 @@ def bench_learner(args) -> dict:
     torch.manual_seed(args.seed)
     strategy = build_strategy("introllm", hidden_size=hidden)
     engine = HFEngine.from_path(model, strategy, max_new_tokens=args.max_new_tokens, batch_size=256)
-    reqs = [RolloutRequest(ids, g, 1.0) for g, ids in enumerate(prompt_ids) for _ in range(args.group)]
+    reqs = [RolloutRequest(ids, g, 1.0) for g, ids in enumerate(prompt_ids)
+            for _ in range(args.group)]
     batch = engine.generate(reqs, seed=args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     batch.rewards = torch.randint(0, 2, (len(batch),), generator=gen).float()
@@ -369,8 +383,10 @@ def bench_learner(args) -> dict:
         table.add(name, sm.n, f"{sm.median:.3f}", f"{sm.min:.3f} - {sm.max:.3f}",
                   fmt_rate(tokens / sm.median))
     out = Table(["ratio (median seconds)", "value", "target"], title="ratios")
-    out.add("TAMPO l_k (K=%d) / theta step" % k, f"{100 * ratios['l_k / theta step']:.1f} %", "<= 5 %")
-    out.add("phi step / theta step", f"{100 * ratios['phi step / theta step']:.1f} %", "well under 50 %")
+    out.add("TAMPO l_k (K=%d) / theta step" % k, f"{100 * ratios['l_k / theta step']:.1f} %",
+            "<= 5 %")
+    out.add("phi step / theta step", f"{100 * ratios['phi step / theta step']:.1f} %",
+            "well under 50 %")
     out.add("theta step: one pass / separate old pass",
             f"{100 * ratios['theta step / with separate old pass']:.1f} %", "")
     print_tables(table, out)

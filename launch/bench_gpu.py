@@ -27,14 +27,15 @@ At ``--lk-size`` (1.7b): TAMPO's l_k for K = ``--candidates`` temperatures as a 
 step, chunked torch (`learner.logprobs`, the reference) vs one pass (`learner.fused_logprobs`).
 
 ``--tiny`` shrinks every model (d 64, 2 layers, vocabulary 512) so the script runs on a CPU in
-seconds: the CI check of this code path. Record GPU results with ``--out results/gpu_<device>.json``.
+seconds: the CI check of this code path. Record GPU results with
+``--out results/gpu_<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
+from functools import partial
 
 SHAPES = {  # hidden, layers, heads, kv heads, ffn
     "0.5b": (896, 24, 14, 2, 4864),
@@ -46,11 +47,12 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def add_gpu_parser(sub) -> None:
-    p = sub.add_parser("gpu", help="GPU sizes: learner tokens/s + MFU (theta, phi), head per decode "
-                       "step, bf16 error, TAMPO l_k share", description=__doc__,
+    p = sub.add_parser("gpu", help="GPU sizes: learner tokens/s + MFU (theta, phi), head per "
+                       "decode step, bf16 error, TAMPO l_k share", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="0.5b,1.5b", help=f"comma list of {', '.join(SHAPES)}")
-    p.add_argument("--lk-size", default="1.7b", help="model size for the l_k measurement ('' = skip)")
+    p.add_argument("--lk-size", default="1.7b",
+                   help="model size for the l_k measurement ('' = skip)")
     p.add_argument("--batch", type=int, default=4, help="sequences per learner step")
     p.add_argument("--seq", type=int, default=1024, help="tokens per sequence (all response)")
     p.add_argument("--candidates", type=int, default=10, help="K TAMPO temperatures")
@@ -163,14 +165,15 @@ def bench_size(size: str, args, device, timed, peak: float | None) -> dict:
         out[name] = {"s_per_step": t, "tokens_per_s": tokens / t,
                      "mfu": (flops / t / (peak * 1e12)) if peak else None}
     out["phi_over_theta"] = out["phi"]["s_per_step"] / out["theta"]["s_per_step"]
-    del opt
+    opt = None  # frees the optimizer state before the decode benchmark
     out["decode"] = bench_decode(model, head, args, device, timed, g)
     out["bf16_error"] = bf16_error(model, args, device, g)
     return out
 
 
 def bench_decode(model, head, args, device, timed, g) -> dict:
-    """One decode step (a token for each of D sequences with a KV cache) with and without the head."""
+    """One decode step (a token for each of D sequences with a KV cache) with and without the
+    head."""
     import torch
 
     from meta.base import RowContext
@@ -205,7 +208,7 @@ def bench_decode(model, head, args, device, timed, g) -> dict:
         step(False), step(True)
     for r in range(args.reps * 4):  # A B, B A, ...: drift hits both arms alike
         for arm in ((False, True) if r % 2 == 0 else (True, False)):
-            times[arm] += timed(lambda: step(arm), 1, 0)
+            times[arm] += timed(partial(step, arm), 1, 0)
     fixed, learned = _median(times[False]), _median(times[True])
     return {"batch": D, "context": C, "s_fixed": fixed, "s_head": learned,
             "head_overhead": learned / fixed - 1}
@@ -264,7 +267,7 @@ def bench_lk(args, device, timed) -> dict:
     t_theta = _median(timed(theta, args.reps, args.warmup))
     with torch.no_grad():
         logits = model(input_ids=ids[:, :-1], use_cache=False).logits
-    del opt
+    opt = None  # frees the optimizer state before the l_k timings
     out = {"size": args.lk_size, "tokens": B * S, "candidates": len(cands), "s_theta_step": t_theta}
     t = _median(timed(lambda: tampo_loglik(logits, ids[:, 1:], mask, cands), args.reps, 1))
     out["torch_chunked"] = {"s": t, "fraction_of_theta_step": t / t_theta}

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-
 @dataclass
 class Arm:
     """One configuration being timed."""
@@ -108,7 +107,8 @@ def summarize(values: Sequence[float]) -> Summary:
 
 
 def rates(samples: list[dict], key: str = "tokens", per: str = "seconds") -> list[float]:
-    """Per-sample ``key`` per ``per`` (tokens per wall second; per="cpu_seconds": per CPU second)."""
+    """Per-sample ``key`` per ``per`` (tokens per wall second; per="cpu_seconds": per CPU
+    second)."""
     return [s[key] / s[per] for s in samples]
 
 

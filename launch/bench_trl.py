@@ -111,7 +111,8 @@ class PausedTRL:
         if self.error is not None:
             raise RuntimeError(f"TRL's GRPOTrainer failed: {self.error!r}") from self.error
         if self.finished:
-            raise RuntimeError("TRL's GRPOTrainer ended without another optimizer step; lower --reps")
+            raise RuntimeError("TRL's GRPOTrainer ended without another optimizer step; "
+                               "lower --reps")
 
     def finish(self) -> None:
         self._go.release()
@@ -140,8 +141,8 @@ def build_trl(args, run, model_path: str, train, out_dir: str):
     n = args.prompts * args.group
     cfg = GRPOConfig(
         output_dir=out_dir, report_to=[], save_strategy="no", logging_steps=10**6,
-        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=run.model.dtype == "bfloat16",
-        fp16=run.model.dtype == "float16", seed=args.seed,
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        bf16=run.model.dtype == "bfloat16", fp16=run.model.dtype == "float16", seed=args.seed,
         per_device_train_batch_size=args.micro_batch_size,
         gradient_accumulation_steps=max(1, n // args.micro_batch_size),
         num_generations=args.group, max_completion_length=args.max_new_tokens,
@@ -173,13 +174,21 @@ def bench_trl(args) -> dict:
                          f"of --micro-batch-size ({args.micro_batch_size}) so that TRL makes one "
                          "optimizer step per batch as we do; change one of them")
     try:
-        import trl  # noqa: F401
+        import trl  # only checks that TRL is installed
     except ImportError:
-        raise SystemExit("python -m launch.bench trl needs TRL: pip install -e '.[bench]'") from None
+        raise SystemExit("python -m launch.bench trl needs TRL: "
+                         "pip install -e '.[bench]'") from None
     import torch
 
-    from launch.bench_harness import (Arm, Table, interleaved, machine_info, print_block, print_tables,
-                              summarize)
+    from launch.bench_harness import (
+        Arm,
+        Table,
+        interleaved,
+        machine_info,
+        print_block,
+        print_tables,
+        summarize,
+    )
     from launch.inputs import load_data, resolve_model_path
     from launch.trainer import Trainer
 

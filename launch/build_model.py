@@ -4,7 +4,7 @@ pre-trained from scratch on worked solutions of the synthetic maths tasks.
     python -m launch.build_model                 # build (or reuse) the cached default
     python -m launch.build_model --out DIR       # build into DIR
     python -m launch.build_model sft_steps=300   # override any TinyModelSpec field
-    python -m launch.build_model --out DIR hidden_size=512 num_layers=8 sft_steps=0   # random weights
+    python -m launch.build_model --out DIR hidden_size=512 num_layers=8 sft_steps=0  # untrained
 
 The result is an ordinary Hugging Face folder (config.json, model.safetensors, tokenizer files
 with a chat template) that loads in transformers and in vLLM. It is deliberately under-trained:

@@ -116,7 +116,8 @@ def truncate_metrics(path: Path, last_step: int) -> int:
 
 
 def logged_base_eval(path: Path) -> dict[str, float]:
-    """The base-model evaluation (eval_base/*) a run logged at step 0, for a resumed run's summary."""
+    """The base-model evaluation (eval_base/*) a run logged at step 0, for a resumed run's
+    summary."""
     out: dict[str, float] = {}
     if Path(path).exists():
         for line in Path(path).read_text().splitlines():

@@ -2,7 +2,8 @@
 
     python -m launch.compare                                    # the default set x seeds 0 1 2
     python -m launch.compare --seeds 0 1 --only fixed-1.0 introllm --out runs/compare
-    python -m launch.compare --set "mine=+experiment=introllm meta.tau_max=2.0" -- trainer.total_steps=60
+    python -m launch.compare --set "mine=+experiment=introllm meta.tau_max=2.0" \\
+        -- trainer.total_steps=60
 
 Each (strategy, seed) is a full ``python -m launch.run`` in its own folder ``OUT/<name>-s<seed>``,
 one after another (each run uses the whole machine). A run whose folder already holds
@@ -77,8 +78,10 @@ def final_numbers(run_dir: Path) -> dict[str, float]:
 
 def table(results: dict[str, list[dict[str, float]]]) -> str:
     """Markdown: one row per strategy, mean ± std over its seeds."""
-    metrics = sorted({k.split("/", 1)[1] for rs in results.values() for r in rs for k in r if "/" in k})
-    head = ["strategy", "seeds"] + [f"final {m}" for m in metrics] + [f"base {m}" for m in metrics] + ["s/run"]
+    metrics = sorted({k.split("/", 1)[1] for rs in results.values() for r in rs for k in r
+                      if "/" in k})
+    head = (["strategy", "seeds"] + [f"final {m}" for m in metrics]
+            + [f"base {m}" for m in metrics] + ["s/run"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, rs in results.items():
         cells = [name, str(len(rs))]
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    ap = argparse.ArgumentParser(prog="python -m launch.compare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m launch.compare",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", help="names from the default set (or --set) to run")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=OVERRIDES",
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         unknown = [n for n in args.only if n not in strategies]
         if unknown:
-            ap.error(f"--only {unknown} not in {sorted(strategies)}; add one with --set NAME=OVERRIDES")
+            ap.error(f"--only {unknown} not in {sorted(strategies)}; add one with "
+                     "--set NAME=OVERRIDES")
         strategies = {n: strategies[n] for n in args.only}
     elif args.set:
         strategies = {n: strategies[n] for n in [i.partition("=")[0] for i in args.set]}

@@ -29,7 +29,6 @@ from launch.checks import require as _require
 from learner.config import LearnerConfig, PhiTrainingConfig
 from rollout.config import RolloutConfig
 
-
 # ----------------------------------------------------------------------------- groups
 
 
@@ -154,7 +153,8 @@ class ClusterConfig:
                  "needs a placement group to put engine i and learner rank i on one device",
                  "set cluster.placement=pack (or spread), or cluster.colocate=false")
         _require(self.placement_timeout_s > 0, "cluster.placement_timeout_s",
-                 self.placement_timeout_s, "must be > 0", "set e.g. cluster.placement_timeout_s=300")
+                 self.placement_timeout_s, "must be > 0",
+                 "set e.g. cluster.placement_timeout_s=300")
         _require(self.num_cpus is None or self.num_cpus >= 1, "cluster.num_cpus", self.num_cpus,
                  "must be >= 1 or null", "set cluster.num_cpus=null to use the machine's cores")
 
@@ -283,7 +283,7 @@ def _typed(schema, key: str, node) -> Any:
 def _strategy_class(name: str):
     import meta
 
-    registry = getattr(meta, "STRATEGIES")
+    registry = meta.STRATEGIES
     if name not in registry:
         raise ConfigError(f"meta.name ({name!r}) is not a known strategy; choose one of "
                           f"{sorted(registry)} (e.g. meta=introllm)")
@@ -291,14 +291,15 @@ def _strategy_class(name: str):
 
 
 def _meta(node) -> MetaConfig:
-    raw = dict(OmegaConf.to_container(node, resolve=True)) if not isinstance(node, dict) else dict(node)
+    raw = dict(node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True))
     name = raw.pop("name", None)
     if name is None:
         raise ConfigError("meta.name (missing) is required; choose a strategy, e.g. meta=fixed")
     cls = _strategy_class(name)
     params = inspect.signature(cls.__init__).parameters
     accepted = {p for p in params if p != "self"} - _DERIVED_META_ARGS
-    phi_keys = {f.name for f in dataclasses.fields(PhiTrainingConfig)} if name == "introllm" else set()
+    phi_keys = ({f.name for f in dataclasses.fields(PhiTrainingConfig)} if name == "introllm"
+                else set())
     args, phi = {}, {}
     for key, value in raw.items():
         if key in phi_keys:

@@ -1,7 +1,8 @@
 """Held-out evaluation of a checkpoint or model folder: the entry point.
 
     python -m launch.evaluate +experiment=introllm eval.checkpoint=runs/x/checkpoints/step_000120
-    python -m launch.evaluate model.path=/models/Qwen3-1.7B data=math data.eval_path=/data/math500.jsonl
+    python -m launch.evaluate model.path=/models/Qwen3-1.7B data=math \\
+        data.eval_path=/data/math500.jsonl
     python -m launch.evaluate +experiment=fixed eval.temperature_mode=greedy eval.samples=1
 
 The same configuration as ``launch.run`` (so the strategy, its head and the data are the run's);
@@ -27,8 +28,8 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
 
     from launch.checkpoint import checkpoint_weights, find_checkpoint
     from launch.config import ConfigError
-    from launch.metrics import format_table
     from launch.inputs import load_data, resolve_model_path
+    from launch.metrics import format_table
     from launch.trainer import Trainer
 
     model_path = resolve_model_path(run)

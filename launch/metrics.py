@@ -53,7 +53,8 @@ def summarize(results: list[dict], ks: tuple[int, ...] = (1,)) -> dict[str, floa
                 out[f"{g}/pass@{j}"] = sum(
                     pass_at_k(len(r["correct"]), int(sum(c >= 1.0 for c in r["correct"])), j)
                     for r in rows) / len(rows)
-        out[f"{g}/maj@{k}"] = sum(majority_correct(r["correct"], r["answers"]) for r in rows) / len(rows)
+        out[f"{g}/maj@{k}"] = sum(majority_correct(r["correct"], r["answers"])
+                                  for r in rows) / len(rows)
     return out
 
 

@@ -29,8 +29,12 @@ def check_learner_device(run: RunConfig) -> None:
 def resume_point(run: RunConfig, run_dir: str) -> tuple[Path | None, str | None]:
     """(checkpoint to resume or None, its wandb run id). Checks the checkpoint fits this config
     and drops the metrics the interrupted run logged after it, before any actor starts."""
-    from launch.checkpoint import (check_compatible, find_checkpoint, load_driver_state,
-                                   truncate_metrics)
+    from launch.checkpoint import (
+        check_compatible,
+        find_checkpoint,
+        load_driver_state,
+        truncate_metrics,
+    )
 
     ckpt = find_checkpoint(Path(run_dir), run.trainer.resume)
     if ckpt is None:
@@ -54,7 +58,7 @@ def write_report_logged(run_dir: str, logger) -> None:
         report = write_report(Path(run_dir))
         logger.log_images(sorted(Path(run_dir, "plots").glob("*.png")))
         print(f"report: {os.path.abspath(report)}")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - the report must not cost the run its result
         log.warning("the run report could not be written: %s: %s", type(e).__name__, e)
 
 
@@ -62,8 +66,8 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     """Resolve model and data, train on Ray actors, evaluate; returns the final metrics."""
     from dataclasses import asdict
 
-    from launch.metrics import format_table
     from launch.logger import MetricsLogger
+    from launch.metrics import format_table
     from launch.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -76,7 +80,8 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     trainer = Trainer(run, run_dir, model_path, train, heldout)
     ckpt, wandb_id = resume_point(run, run_dir)
     logger = MetricsLogger(run_dir, asdict(run), run.wandb.mode, run.wandb.project,
-                           run.wandb.entity, run.wandb.name or f"{run.experiment}-{Path(run_dir).name}",
+                           run.wandb.entity,
+                           run.wandb.name or f"{run.experiment}-{Path(run_dir).name}",
                            run_id=wandb_id)
     trainer.wandb_id = logger.run_id
     try:

@@ -123,9 +123,10 @@ class Placement:
             ray.util.remove_placement_group(pg)
             raise RuntimeError(
                 f"the placement group ({len(bundles)} bundles {bundles[0]}, strategy "
-                f"{self.cfg.placement.upper()}) was not ready after {self.cfg.placement_timeout_s:g} "
-                f"s: the cluster's free resources are {ray.available_resources()}; free some, add "
-                f"nodes, or raise cluster.placement_timeout_s") from None
+                f"{self.cfg.placement.upper()}) was not ready after "
+                f"{self.cfg.placement_timeout_s:g} s: the cluster's free resources are "
+                f"{ray.available_resources()}; free some, add nodes, or raise "
+                f"cluster.placement_timeout_s") from None
         return pg
 
     def _options(self, slot: Slot) -> dict:
@@ -164,7 +165,8 @@ class Placement:
     def describe(self) -> str:
         """One line: the device and, with a group, which node holds each actor's bundle."""
         if self.pg is None:
-            return f"placement: none ({'GPU' if self.gpu else 'CPU'}; Ray's scheduler places actors)"
+            device = "GPU" if self.gpu else "CPU"
+            return f"placement: none ({device}; Ray's scheduler places actors)"
         from ray.util.placement_group import placement_group_table
 
         nodes = placement_group_table(self.pg)["bundles_to_node_id"]

@@ -36,7 +36,6 @@ def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     OmegaConf.save(cfg, os.path.join(run_dir, "resolved_config.yaml"), resolve=True)
     from launch.pipeline import run_pipeline
-
     from launch.trainer import TrainingStopped
 
     try:

@@ -38,7 +38,8 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALL
 
 
 def rollout_seed(seed: int, step: int) -> int:
-    """The training rollout's sampling seed at `step` of a run with `seed` (a retried step repeats)."""
+    """The training rollout's sampling seed at `step` of a run with `seed` (a retried step
+    repeats)."""
     return seed * 100_003 + step
 
 
@@ -127,7 +128,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def setup(self, learners: bool = True) -> None:
-        """Start Ray and the actors; ``learners=False`` for evaluation only (``launch.evaluate``)."""
+        """Start Ray and the actors; ``learners=False`` for evaluation only
+        (``launch.evaluate``)."""
         import ray
         from transformers import AutoConfig, AutoTokenizer
 
@@ -183,7 +185,8 @@ class Trainer:
                                           "head_init_std") if k in kw} if head is not None else None
         addr, port = place.rendezvous()
         self.learners = [
-            ray.remote(LearnerWorker).options(name=f"learner-{r}", **place.learner_options(r)).remote(
+            ray.remote(LearnerWorker).options(name=f"learner-{r}",
+                                              **place.learner_options(r)).remote(
                 self.model_path, run.learner, run.meta.phi, head_state, head_kwargs,
                 run.trainer.total_steps, rank=r, world_size=m, master_addr=addr,
                 master_port=port, dtype=run.model.dtype, seed=run.seed)
@@ -221,7 +224,7 @@ class Trainer:
         while True:
             try:
                 return self._step(step, parts)
-            except Exception as err:  # noqa: BLE001 - re-raised unless a restart explains it
+            except Exception as err:  # re-raised unless a restart explains it
                 attempts += 1
                 if attempts == 3 or not self.resync_restarted_rollout():
                     raise
@@ -248,20 +251,21 @@ class Trainer:
         phase = self.phase(step)
         batch_refs = [a.generate.remote(p, step, rollout_seed(self.run.seed, step))
                       for a, p in zip(self.rollout, parts) if p]
-        scored_ref, rollout_metrics_ref = self.reward.score.options(num_returns=2).remote(*batch_refs)
+        scored_ref, rollout_metrics_ref = self.reward.score.options(num_returns=2).remote(
+            *batch_refs)
         results = [lr.train_step.options(num_returns=2).remote(scored_ref, phase, self.candidates)
                    for lr in self.learners]
         stats_refs, meta_refs = zip(*results)
         meta_ref = self.meta.update.remote(*meta_refs)
         dump_every = self.run.trainer.dump_every
         if dump_every and (step % dump_every == 0 or step == self.run.trainer.total_steps - 1):
-            self.reward.dump.remote(scored_ref, str(self.run_dir / "rollouts" / f"step_{step:06d}.jsonl"),
-                                    self.model_path)
+            dump = self.run_dir / "rollouts" / f"step_{step:06d}.jsonl"
+            self.reward.dump.remote(scored_ref, str(dump), self.model_path)
         learner_stats = ray.get(list(stats_refs))
         t_sync = time.perf_counter()
         try:  # past the update: a failure here must not repeat the step
             sync_s = self.sync_weights({"theta": "theta", "phi": "phi", "joint": "all"}[phase])
-        except Exception:  # noqa: BLE001 - an engine restarted mid-sync gets the full weights
+        except Exception:  # re-raised unless an engine restarted mid-sync (full weights then)
             if not self.resync_restarted_rollout():
                 raise
             sync_s = [float("nan")]
@@ -270,7 +274,8 @@ class Trainer:
         metrics["timing_s/update_weights"] = time.perf_counter() - t_sync
         metrics["timing_s/update_weights_engine"] = max(sync_s)
         metrics["timing_s/step"] = time.perf_counter() - t0
-        metrics["perf/throughput"] = metrics.get("rollout/gen_tokens", 0.0) / metrics["timing_s/step"]
+        metrics["perf/throughput"] = (metrics.get("rollout/gen_tokens", 0.0)
+                                      / metrics["timing_s/step"])
         metrics["phase"] = phase
         metrics["rollout/planned_temperature"] = sum(self._planned) / len(self._planned)
         metrics["rollout/actor_restarts"] = float(self.rollout_restarts)
@@ -343,7 +348,8 @@ class Trainer:
                    tmp / "driver.pt")
         (tmp / "COMPLETE").write_text(json.dumps({"step": step + 1}))
         os.replace(tmp, final)
-        for old in sorted(p for p in root.iterdir() if p.name.startswith("step_"))[:-self.run.trainer.keep_last]:
+        kept = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
+        for old in kept[:-self.run.trainer.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
@@ -390,7 +396,8 @@ class Trainer:
                 metrics.update(self.evaluate(step + 1))
             if step + 1 == total:
                 metrics.update(self.evaluate(step + 1))
-            if run.trainer.save_every and ((step + 1) % run.trainer.save_every == 0 or step + 1 == total):
+            every = run.trainer.save_every
+            if every and ((step + 1) % every == 0 or step + 1 == total):
                 self.save(step)
             logger.log(step + 1, metrics)
             tqdm.write(logger.console_line(step, total, metrics))
@@ -421,7 +428,8 @@ class Trainer:
                 f"{self._resume_hint()}") from err
 
     def _check_nonfinite(self, step: int, metrics: dict) -> None:
-        """Count steps whose update was skipped for NaN/inf; stop after max_nonfinite_steps in a row."""
+        """Count steps whose update was skipped for NaN/inf; stop after max_nonfinite_steps in a
+        row."""
         skipped = max(metrics.get("actor/skipped_nonfinite", 0.0),
                       metrics.get("phi/skipped_nonfinite", 0.0))
         if not skipped:
@@ -429,8 +437,8 @@ class Trainer:
             return
         self._nonfinite_streak += 1
         limit = self.run.trainer.max_nonfinite_steps
-        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row, stop at %d)",
-                    step + 1, self._nonfinite_streak, limit)
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row, stop at "
+                    "%d)", step + 1, self._nonfinite_streak, limit)
         if self._nonfinite_streak >= limit:
             raise TrainingStopped(
                 f"{self._nonfinite_streak} steps in a row (up to step {step + 1}) had a non-finite "

@@ -1,4 +1,5 @@
-"""GRPO maths with per-token temperature: advantages, PPO-clip loss, aggregation, KL (docs/algorithms.md §1).
+"""GRPO maths with per-token temperature: advantages, PPO-clip loss, aggregation, KL
+(docs/algorithms.md §1).
 
 Pure functions in the style of verl's `trainer/ppo/core_algos.py`; with tau_t = T everywhere they
 reproduce verl's `compute_grpo_outcome_advantage`, `compute_policy_loss_vanilla` (its dual-clip
@@ -124,7 +125,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
                 entropy_coef: float = 0.0,
                 denominator: float | Tensor | None = None,
                 clip_ratio_c: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO-clip with asymmetric clip: L_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A).
+    """PPO-clip with asymmetric clip:
+    L_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A).
 
     logp, old_logp, rollout_logp, ref_logp, entropy: (B, T), each computed with the temperature
     that sampled the token; advantages (B,) or (B, T); response_mask (B, T).
@@ -142,17 +144,19 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
     dual-clip caps, verl's name) / kl_loss / entropy when used).
     """
     if tis_cap is not None and not tis_cap > 0:
-        raise ValueError(f"tis_cap ({tis_cap}) must be > 0 (or None to disable TIS); set e.g. tis_cap=2.0")
+        raise ValueError(f"tis_cap ({tis_cap}) must be > 0 (or None to disable TIS); "
+                         f"set e.g. tis_cap=2.0")
     if not (0 <= clip_low < 1 and clip_high >= 0):
-        raise ValueError(f"clip_low ({clip_low}) must be in [0, 1) and clip_high ({clip_high}) >= 0; "
-                         f"set e.g. clip_low=0.2, clip_high=0.28")
+        raise ValueError(f"clip_low ({clip_low}) must be in [0, 1) and clip_high ({clip_high}) "
+                         f">= 0; set e.g. clip_low=0.2, clip_high=0.28")
     if clip_ratio_c is not None and not clip_ratio_c > 1:
         raise ValueError(f"clip_ratio_c ({clip_ratio_c}) must be > 1 (or None to disable the "
                          f"dual-clip); set e.g. clip_ratio_c=3.0")
     mask = response_mask.bool()
     zero = torch.zeros_like(logp)
     adv = torch.where(mask, _broadcast_advantages(advantages, logp).to(logp.dtype), zero)
-    log_ratio = torch.where(mask, logp - old_logp.detach(), zero).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    log_ratio = torch.where(mask, logp - old_logp.detach(), zero).clamp(-LOG_RATIO_CLAMP,
+                                                                        LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
@@ -185,7 +189,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, response_mas
     return loss, stats
 
 
-def _clip_stats(log_ratio: Tensor, pg_unclipped: Tensor, pg_clipped: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def _clip_stats(log_ratio: Tensor, pg_unclipped: Tensor, pg_clipped: Tensor,
+                mask: Tensor) -> dict[str, Tensor]:
     """verl's names: pg_clipfrac (clipped term active), ppo_kl (mean of old - new log-prob)."""
     ratio = torch.exp(log_ratio)
     return {

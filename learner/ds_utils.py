@@ -144,7 +144,8 @@ def all_reduce(x: Tensor, op: str = "sum") -> Tensor:
 
 
 def cpu_clone(obj):
-    """A deep copy with every tensor detached and copied to CPU (state dicts hold live references)."""
+    """A deep copy with every tensor detached and copied to CPU (state dicts hold live
+    references)."""
     if isinstance(obj, Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
@@ -178,6 +179,7 @@ def load_full_state_dict(engine, zero_stage: int, state: dict[str, Tensor]) -> N
 
 
 def grad_norm_of_params(module: torch.nn.Module) -> float:
-    """Global L2 norm of the parameters' .grad (stage 0: all-reduced already, same on every rank)."""
+    """Global L2 norm of the parameters' .grad (stage 0: all-reduced already, same on every
+    rank)."""
     norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0

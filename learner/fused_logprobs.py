@@ -3,10 +3,10 @@
 For each token row z (V logits) and K inverse temperatures b_k = 1/T_k, one streaming read of z
 gives, for every k at once,
 
-    lse_k  = logsumexp(b_k z)                       (online: running max m, s_k = sum e^{b_k (z - m)})
-    logp_k = b_k z_y - lse_k                        (log_softmax(z / T_k)[y])
-    H_k    = log s_k - b_k w_k / s_k                (entropy; w_k = sum e^{b_k (z - m)} (z - m), no
-                                                     cancellation when the distribution is sharp)
+    lse_k  = logsumexp(b_k z)              (online: running max m, s_k = sum e^{b_k (z - m)})
+    logp_k = b_k z_y - lse_k               (log_softmax(z / T_k)[y])
+    H_k    = log s_k - b_k w_k / s_k       (entropy; w_k = sum e^{b_k (z - m)} (z - m), no
+                                            cancellation when the distribution is sharp)
 
 so TAMPO's l_k (K candidates), the per-token-temperature old log-probs and both entropies of the
 old-log-prob pass come out of ONE read of the (tokens x V) logits instead of ~3 passes per
@@ -109,7 +109,8 @@ def _block_sizes(V: int, K: int) -> tuple[int, int]:
     return block_v, block_k
 
 
-def tempered_stats(logits: Tensor, tokens: Tensor, inv_temps: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
+def tempered_stats(logits: Tensor, tokens: Tensor,
+                   inv_temps: Tensor) -> "tuple[Tensor, Tensor, Tensor]":
     """(logp, entropy, lse), each (N, K) fp32: log_softmax(b_k z)[y], H(softmax(b_k z)), logsumexp.
 
     logits (N, V) any float dtype; tokens (N,) long in [0, V); inv_temps (N, K) or (K,) inverse
@@ -136,7 +137,8 @@ def tempered_stats(logits: Tensor, tokens: Tensor, inv_temps: Tensor) -> "tuple[
 
 
 class TemperedLogprob(torch.autograd.Function):
-    """log_softmax(z / tau)[y] per row, differentiable in z: two single passes (forward, backward)."""
+    """log_softmax(z / tau)[y] per row, differentiable in z: two single passes (forward,
+    backward)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, tokens: Tensor, tau: Tensor) -> Tensor:

@@ -57,13 +57,15 @@ def _tempered_log_softmax(chunk: Tensor, tau: Tensor | float | None) -> Tensor:
 
 
 def _tempered_logprob(chunk: Tensor, tokens: Tensor, tau: Tensor | float | None) -> Tensor:
-    """log_softmax(chunk / tau)[tokens] for one chunk: chunk (c, V), tokens (c,), tau (c,) -> (c,)."""
+    """log_softmax(chunk / tau)[tokens] for one chunk: chunk (c, V), tokens (c,), tau (c,) ->
+    (c,)."""
     return _tempered_log_softmax(chunk, tau).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 def _flatten(logits: Tensor, response_mask: Tensor | None, tokens: Tensor | None = None,
              tau: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(B, T, V) -> (B*T, V); padded tokens -> 0 and padded tau -> 1 so garbage there stays finite."""
+    """(B, T, V) -> (B*T, V); padded tokens -> 0 and padded tau -> 1 so garbage there stays
+    finite."""
     flat = logits.reshape(-1, logits.shape[-1])  # (B*T, V)
     if tokens is not None:
         tokens = tokens.reshape(-1).long()
@@ -90,7 +92,8 @@ def token_logprobs(logits: Tensor, tokens: Tensor, tau: Tensor | float | None,
     flat, flat_tokens, flat_tau = _flatten(logits, response_mask, tokens, tau_t)
     if resolve_impl(impl, logits) == "triton":
         if flat_tau is None:
-            flat_tau = torch.full((B * T,), 1.0 if tau is None else float(tau), device=logits.device)
+            flat_tau = torch.full((B * T,), 1.0 if tau is None else float(tau),
+                                  device=logits.device)
         return fused_logprobs.TemperedLogprob.apply(flat, flat_tokens, flat_tau.detach()).view(B, T)
     out = []
     for start in range(0, flat.shape[0], chunk_size):
@@ -102,7 +105,8 @@ def token_logprobs(logits: Tensor, tokens: Tensor, tau: Tensor | float | None,
 
 def token_entropy(logits: Tensor, tau: Tensor | float | None = None,
                   chunk_size: int = DEFAULT_CHUNK, response_mask: Tensor | None = None) -> Tensor:
-    """(B, T) entropy (nats) of softmax(logits / tau); tau None -> of the untempered distribution."""
+    """(B, T) entropy (nats) of softmax(logits / tau); tau None -> of the untempered
+    distribution."""
     B, T, _ = logits.shape
     tau_t = tau.expand(B, T) if isinstance(tau, Tensor) else None
     flat, _, flat_tau = _flatten(logits, response_mask, None, tau_t)
@@ -133,7 +137,8 @@ def tampo_loglik(logits: Tensor, tokens: Tensor, response_mask: Tensor,
     B, T, _ = logits.shape
     cands = torch.as_tensor(candidates, dtype=torch.float64).tolist()  # K python floats
     flat, flat_tokens, _ = _flatten(logits, response_mask, tokens)
-    ll = torch.zeros(flat.shape[0], len(cands), dtype=torch.float64, device=logits.device)  # (B*T, K)
+    ll = torch.zeros(flat.shape[0], len(cands), dtype=torch.float64,
+                     device=logits.device)  # (B*T, K)
     for start in range(0, flat.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
         for k, temp in enumerate(cands):
@@ -144,7 +149,8 @@ def tampo_loglik(logits: Tensor, tokens: Tensor, response_mask: Tensor,
 def _response_mean(ll: Tensor, response_mask: Tensor) -> Tensor:
     """(B, K) mean over each response's counted tokens of ll (B, T, K); 0 for an empty response."""
     mask = response_mask.bool()[..., None]
-    ll = torch.where(mask, ll.to(torch.float64), torch.zeros((), dtype=torch.float64, device=ll.device))
+    zero = torch.zeros((), dtype=torch.float64, device=ll.device)
+    ll = torch.where(mask, ll.to(torch.float64), zero)
     lengths = response_mask.to(torch.float64).sum(-1).clamp_min(1)  # (B,)
     return (ll.sum(1) / lengths[:, None]).to(torch.float32)
 

@@ -1,4 +1,5 @@
-"""``LearnerWorker``: one DeepSpeed rank of the GRPO learner: theta (the LLM), phi (IntroLLM's head).
+"""``LearnerWorker``: one DeepSpeed rank of the GRPO learner: theta (the LLM), phi (IntroLLM's
+head).
 
 A plain object; a Ray actor wraps it (one actor per rank). Every public method except
 ``state_dict`` on ZeRO 0-2 is a collective: all ranks call it, in the same order, on slices of
@@ -6,13 +7,16 @@ the same size (``TrajectoryBatch.split(world_size)``).
 
 Per step, on this rank's slice of the batch (docs/algorithms.md §1-§3):
 
-    old = worker.compute_old_logprobs(batch, candidates)   # no grad: log pi_old with the recorded tau,
-                                                           # entropies, TAMPO l_k from the same logits
-    worker.update_theta(batch, old)                        # GRPO theta-phase (PPO mini-batches)
-    worker.update_theta(batch)                             # mini_batches = 1: one pass, the update's
-                                                           # forward gives log pi_old (as TRL's)
-    worker.update_phi(batch)                               # IntroLLM phi-phase (backbone frozen)
-    stats, meta_input = worker.train_step(full_batch, phase, candidates)   # all of it, for the actor
+    old = worker.compute_old_logprobs(batch, candidates)  # no grad: log pi_old with the
+                                                          # recorded tau, entropies, TAMPO l_k
+                                                          # from the same logits
+    worker.update_theta(batch, old)                       # GRPO theta-phase (PPO mini-batches)
+    worker.update_theta(batch)                            # mini_batches = 1: one pass, the
+                                                          # update's forward gives log pi_old
+                                                          # (as TRL's)
+    worker.update_phi(batch)                              # IntroLLM phi-phase (backbone frozen)
+    stats, meta_input = worker.train_step(full_batch, phase, candidates)  # all of it, for the
+                                                                          # actor
 
 How this departs from the textbook, deliberately:
 
@@ -138,7 +142,8 @@ class LearnerWorker:
         self.zero_stage = cfg.zero_stage
         self.backend = ds_utils.init_distributed(rank, world_size, master_addr,
                                                  master_port if world_size > 1 else None)
-        theta_config = ds_utils.ds_config(cfg.micro_batch_size, cfg.grad_clip, cfg.zero_stage, dtype)
+        theta_config = ds_utils.ds_config(cfg.micro_batch_size, cfg.grad_clip, cfg.zero_stage,
+                                          dtype)
         torch.manual_seed(seed)
         torch_dtype = getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
@@ -357,7 +362,8 @@ class LearnerWorker:
 
     def update_theta(self, batch: TrajectoryBatch,
                      old: dict[str, Tensor] | None = None) -> dict[str, float]:
-        """GRPO theta-phase on this rank's slice; `old` from `compute_old_logprobs` on the same slice.
+        """GRPO theta-phase on this rank's slice; `old` from `compute_old_logprobs` on the same
+        slice.
 
         old None (only with learner.mini_batches = 1): one pass. No optimizer step happens before
         the last micro-batch, so log pi_old is the update's own log pi_theta, detached (ratio 1,
@@ -458,7 +464,8 @@ class LearnerWorker:
         return {f"phi/{k}": v for k, v in stats.items()}
 
     def _update(self, engine, own_check: bool, batch: TrajectoryBatch, loss_fn, lr: float) -> dict:
-        """PPO mini-batches of micro-batches for either engine; returns stats averaged over mini-batches.
+        """PPO mini-batches of micro-batches for either engine; returns stats averaged over
+        mini-batches.
 
         Loss scaling. With the global denominator D of mini-batch k (its tokens, sequences or rows
         over ALL ranks, per learner.loss_agg), micro-batch i on rank r has loss L_ri whose sum
@@ -483,7 +490,8 @@ class LearnerWorker:
                                for g in groups], dtype=torch.float64)  # (m, 3) tokens, seqs, rows
         ds_utils.all_reduce(counts)
         max_len = int(ds_utils.all_reduce(torch.tensor([T]), "max"))  # Dr.GRPO's constant
-        column = {"token-mean": 0, "seq-mean-token-mean": 1, "seq-mean-token-sum-norm": 2}[cfg.loss_agg]
+        column = {"token-mean": 0, "seq-mean-token-mean": 1,
+                  "seq-mean-token-sum-norm": 2}[cfg.loss_agg]
         scale = self.world_size * engine.gradient_accumulation_steps()
         per_mb = []
         for g, count in zip(groups, counts):
@@ -538,8 +546,8 @@ class LearnerWorker:
 
     def _token_mean(self, x: Tensor, mask: Tensor) -> float:
         """Token mean of a (B, T) tensor over all ranks' counted tokens."""
-        s = torch.tensor([float(torch.where(mask, x, torch.zeros_like(x)).sum()), float(mask.sum())],
-                         dtype=torch.float64)
+        total = float(torch.where(mask, x, torch.zeros_like(x)).sum())
+        s = torch.tensor([total, float(mask.sum())], dtype=torch.float64)
         ds_utils.all_reduce(s)
         return float(s[0] / max(float(s[1]), 1.0))
 
@@ -596,7 +604,8 @@ class LearnerWorker:
         _set_rng_state(sd["rng"])
 
     def save_checkpoint(self, dirpath: str) -> str:
-        """Write this rank's `learner_rank{r}.pt` atomically (tmp file + rename); returns its path."""
+        """Write this rank's `learner_rank{r}.pt` atomically (tmp file + rename); returns its
+        path."""
         os.makedirs(dirpath, exist_ok=True)
         path = os.path.join(dirpath, f"learner_rank{self.rank}.pt")
         tmp = f"{path}.tmp{os.getpid()}"
@@ -674,12 +683,14 @@ def _accumulate(sums: dict[str, Tensor], stats: dict[str, Tensor], tokens: Tenso
 
 
 def _reduce(sums: dict[str, Tensor], tokens: float) -> dict[str, float]:
-    """All-reduce one mini-batch's accumulated stats over ranks (keys are the same on every rank)."""
+    """All-reduce one mini-batch's accumulated stats over ranks (keys are the same on every
+    rank)."""
     keys = sorted(sums)
     added = [k for k in keys if k not in _MAXED]
     maxed = [k for k in keys if k in _MAXED]
     s = ds_utils.all_reduce(torch.stack([sums[k] for k in added])) if added else torch.zeros(0)
-    mx = ds_utils.all_reduce(torch.stack([sums[k] for k in maxed]), "max") if maxed else torch.zeros(0)
+    mx = (ds_utils.all_reduce(torch.stack([sums[k] for k in maxed]), "max") if maxed
+          else torch.zeros(0))
     out = {k: float(v) if k in _SUMMED else float(v) / max(tokens, 1.0) for k, v in zip(added, s)}
     out.update({k: float(v) for k, v in zip(maxed, mx)})
     return out

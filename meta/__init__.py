@@ -1,4 +1,5 @@
-"""Sampling-temperature strategies behind one interface (see meta/base.py and docs/algorithms.md §2-§4).
+"""Sampling-temperature strategies behind one interface (see meta/base.py and
+docs/algorithms.md §2-§4).
 
 Pure torch: importing this package pulls in nothing heavier than torch.
 """

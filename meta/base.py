@@ -91,7 +91,8 @@ class TemperatureStrategy:
 
     def temperature_at(self, step: int) -> float:
         """The scalar temperature of a per-request schedule at training `step`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement plan() or temperature_at()")
+        raise NotImplementedError(f"{type(self).__name__} must implement plan() or "
+                                  f"temperature_at()")
 
     def plan(self, step: int, num_prompts: int, generator: torch.Generator | None = None) -> Tensor:
         """(P,) float32 base temperature per prompt for training `step`."""

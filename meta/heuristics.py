@@ -19,7 +19,13 @@ import math
 import torch
 from torch import Tensor
 
-from meta.base import RowContext, TempDecision, TemperatureStrategy, check_positive, check_tau_bounds
+from meta.base import (
+    RowContext,
+    TempDecision,
+    TemperatureStrategy,
+    check_positive,
+    check_tau_bounds,
+)
 
 
 class FixedTemperature(TemperatureStrategy):
@@ -36,7 +42,8 @@ class FixedTemperature(TemperatureStrategy):
 
 
 class LinearSchedule(TemperatureStrategy):
-    """T(s) = t_start + (t_end - t_start) * s / (S - 1), s clamped to [0, S - 1]; S = 1 -> t_start."""
+    """T(s) = t_start + (t_end - t_start) * s / (S - 1), s clamped to [0, S - 1];
+    S = 1 -> t_start."""
 
     name = "linear"
 
@@ -65,7 +72,8 @@ class StagedSchedule(TemperatureStrategy):
 
     name = "staged"
 
-    def __init__(self, boundaries: tuple[int, ...], temperatures: tuple[float, ...] = (1.4, 1.45, 1.5)):
+    def __init__(self, boundaries: tuple[int, ...],
+                 temperatures: tuple[float, ...] = (1.4, 1.45, 1.5)):
         temperatures, boundaries = tuple(float(t) for t in temperatures), tuple(boundaries)
         if not temperatures:
             raise ValueError("temperatures (()) must list at least one temperature; "
@@ -107,7 +115,8 @@ class EAD(TemperatureStrategy):
             raise ValueError(f"warmup_tokens ({warmup_tokens}) and d_per_step ({d_per_step}) must "
                              f"be >= 0; set e.g. warmup_tokens=10, d_per_step=5.0")
         self.tau_max, self.tau_min, self.d0 = float(tau_max), float(tau_min), float(d0)
-        self.warmup_tokens, self.d_per_step, self.d_cap = int(warmup_tokens), float(d_per_step), float(d_cap)
+        self.warmup_tokens = int(warmup_tokens)
+        self.d_per_step, self.d_cap = float(d_per_step), float(d_cap)
 
     def temperature_at(self, step: int) -> float:
         return 1.0  # the warm-up temperature: every response starts at tau = 1.0
@@ -119,7 +128,8 @@ class EAD(TemperatureStrategy):
     def select(self, ctx: RowContext) -> TempDecision:
         t = ctx.positions.to(torch.float64)  # (N,), fp64 so exp(t / d_s) is exact enough
         decayed = 1.0 + self.tau_max - torch.exp(t / self.decay_length(ctx.step))
-        tau = torch.where(t < self.warmup_tokens, torch.ones_like(t), decayed.clamp_min(self.tau_min))
+        tau = torch.where(t < self.warmup_tokens, torch.ones_like(t),
+                          decayed.clamp_min(self.tau_min))
         return TempDecision(tau=tau.to(torch.float32))
 
 
@@ -150,7 +160,8 @@ class EDT(TemperatureStrategy):
             raise ValueError(f"theta ({theta}) must be >= 0; set e.g. theta=1.0")
         check_tau_bounds(tau_min, tau_max, 0.1)
         self.t0, self.theta, self.base = float(t0), float(theta), float(base)
-        self.tau_min, self.tau_max, self.min_entropy = float(tau_min), float(tau_max), float(min_entropy)
+        self.tau_min, self.tau_max = float(tau_min), float(tau_max)
+        self.min_entropy = float(min_entropy)
 
     def temperature_at(self, step: int) -> float:
         return self.t0
@@ -166,5 +177,6 @@ class EDT(TemperatureStrategy):
             raise ValueError("EDT needs ctx.logits (N, V) untempered logits; the engine must pass "
                              "them because strategy.needs_logits is True")
         logits = ctx.logits.to(torch.float32)  # (N, V)
-        entropy = torch.distributions.Categorical(logits=logits, validate_args=False).entropy()  # (N,)
+        dist = torch.distributions.Categorical(logits=logits, validate_args=False)
+        entropy = dist.entropy()  # (N,)
         return TempDecision(tau=self.temperature_from_entropy(entropy))

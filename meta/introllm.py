@@ -1,4 +1,5 @@
-"""IntroLLM: a learned per-token temperature policy pi_phi(tau_t | h_t, tau_{t-1}) (arXiv 2602.13035).
+"""IntroLLM: a learned per-token temperature policy pi_phi(tau_t | h_t, tau_{t-1})
+(arXiv 2602.13035).
 
 docs/algorithms.md §2. A small head on the final post-norm hidden state h_t,
 
@@ -11,7 +12,8 @@ picks a hybrid action at each generated position:
               tau_t = tau_min + z_t (tau_max - tau_min)
     c_t = 0:  tau_t = tau_{t-1}, z_t recorded as 0
 
-    log pi_phi(a_t) = c_t log sig(u_c) + (1 - c_t) log(1 - sig(u_c)) + c_t log Beta(z_t; alpha, beta)
+    log pi_phi(a_t) = c_t log sig(u_c) + (1 - c_t) log(1 - sig(u_c))
+                      + c_t log Beta(z_t; alpha, beta)
 
 (in fp32 at least, z clamped to [1e-6, 1 - 1e-6]). At position 0 the gate is forced to 1 (the head
 decides the first temperature), so the gate term is dropped there: it was not a decision.
@@ -29,13 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta.base import RowContext, TempDecision, TemperatureStrategy, check_positive, check_tau_bounds
+from meta.base import (
+    RowContext,
+    TempDecision,
+    TemperatureStrategy,
+    check_positive,
+    check_tau_bounds,
+)
 
 Z_CLAMP = 1e-6  # z is clamped to [Z_CLAMP, 1 - Z_CLAMP] inside log Beta (docs/algorithms.md §2)
 
 
 def beta_log_prob(z: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-    """log Beta(z; alpha, beta) = (a-1) log z + (b-1) log(1-z) - [lgamma a + lgamma b - lgamma(a+b)]."""
+    """log Beta(z; alpha, beta) = (a-1) log z + (b-1) log(1-z)
+    - [lgamma a + lgamma b - lgamma(a+b)]."""
     z = z.clamp(Z_CLAMP, 1 - Z_CLAMP)
     log_norm = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
     return (alpha - 1) * torch.log(z) + (beta - 1) * torch.log1p(-z) - log_norm
@@ -49,11 +58,13 @@ def beta_entropy(alpha: Tensor, beta: Tensor) -> Tensor:
 
 
 class TemperatureHead(nn.Module):
-    """The phi branch: two linear layers, d -> d/2 -> 3, evaluated in fp32 (fp64 if its weights are).
+    """The phi branch: two linear layers, d -> d/2 -> 3, evaluated in fp32 (fp64 if its weights
+    are).
 
-    Init (our default): W1, b1 keep PyTorch's default Linear init; W2 ~ N(0, head_init_std^2), small,
-    so that at start u is close to b2, and b2 is set so that sigmoid(u_c) = gate_init_prob and
-    softplus(u_alpha) + eps = softplus(u_beta) + eps = beta_init (Beta(2, 2): mean tau = midpoint).
+    Init (our default): W1, b1 keep PyTorch's default Linear init; W2 ~ N(0, head_init_std^2),
+    small, so that at start u is close to b2, and b2 is set so that sigmoid(u_c) = gate_init_prob
+    and softplus(u_alpha) + eps = softplus(u_beta) + eps = beta_init (Beta(2, 2): mean tau =
+    midpoint).
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-3,
@@ -111,7 +122,8 @@ class TemperatureHead(nn.Module):
                              z: Tensor, forced: Tensor) -> Tensor:
         """`log_prob` given the head's outputs (so sampling need not run the head twice)."""
         on = gate > 0.5  # (...,) bool; NaN -> False
-        log_gate = F.logsigmoid(torch.where(on, gate_logit, -gate_logit)).masked_fill(forced.bool(), 0.0)
+        log_gate = F.logsigmoid(torch.where(on, gate_logit, -gate_logit))
+        log_gate = log_gate.masked_fill(forced.bool(), 0.0)
         z_safe = torch.where(on, z.to(alpha.dtype), 0.5)
         return log_gate + torch.where(on, beta_log_prob(z_safe, alpha, beta), 0.0)
 

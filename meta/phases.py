@@ -1,4 +1,5 @@
-"""IntroLLM's coordinate-ascent schedule: which parameters a training step updates (docs/algorithms.md §2).
+"""IntroLLM's coordinate-ascent schedule: which parameters a training step updates
+(docs/algorithms.md §2).
 
 * "alternate": blocks of `phase_len` steps alternate between the phi-phase (temperature head,
   backbone frozen) and the theta-phase (backbone, head frozen), with fresh rollouts per phase;

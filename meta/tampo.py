@@ -26,7 +26,8 @@ DEFAULT_CANDIDATES = tuple(round(0.6 + 0.1 * k, 1) for k in range(10))  # 0.6, 0
 
 
 def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
-    """Euclidean projection of x onto the probability simplex along `dim` (Martins & Astudillo 2016).
+    """Euclidean projection of x onto the probability simplex along `dim` (Martins & Astudillo
+    2016).
 
     Exact sort-based algorithm: sort descending z_(1) >= ... >= z_(K);
     k* = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)}; threshold = (sum_{j<=k*} z_(j) - 1) / k*;
@@ -109,7 +110,8 @@ class TAMPO(TemperatureStrategy):
         temps = self.candidates[idx].to(torch.float32)  # (n,)
         return temps.expand(num_prompts).clone() if n == 1 else temps
 
-    def update(self, loglik: Tensor, advantages: Tensor, num_rows: int | None = None) -> dict[str, Tensor]:
+    def update(self, loglik: Tensor, advantages: Tensor,
+               num_rows: int | None = None) -> dict[str, Tensor]:
         """Move the EMA and pi from one step's trajectories.
 
         loglik: (B, K) length-normalised log-likelihood of each trajectory under each candidate
@@ -130,7 +132,8 @@ class TAMPO(TemperatureStrategy):
         if n < loglik.shape[0]:
             raise ValueError(f"num_rows ({n}) is below the {loglik.shape[0]} trajectories given; "
                              "pass the step's full trajectory count or leave it None")
-        batch_adv = (l_hat * advantages.detach().to(torch.float64).cpu()[:, None]).sum(0) / max(n, 1)
+        adv = advantages.detach().to(torch.float64).cpu()
+        batch_adv = (l_hat * adv[:, None]).sum(0) / max(n, 1)
         self.ema = (1 - self.ema_alpha) * self.ema + self.ema_alpha * batch_adv
         self.pi = self.policy_from_ema(self.ema)
         self.num_updates += 1
@@ -155,7 +158,8 @@ class TAMPO(TemperatureStrategy):
     def load_state_dict(self, sd: dict) -> None:
         if not torch.equal(sd["candidates"].to(torch.float64), self.candidates):
             raise ValueError(f"checkpoint candidates {sd['candidates'].tolist()} differ from this "
-                             f"strategy's {self.candidates.tolist()}; build TAMPO with the same candidates")
+                             f"strategy's {self.candidates.tolist()}; build TAMPO with the same "
+                             f"candidates")
         self.ema = sd["ema"].to(torch.float64).clone()
         self.pi = sd["pi"].to(torch.float64).clone()
         self.num_updates = int(sd["num_updates"])

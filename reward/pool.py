@@ -17,8 +17,8 @@ kill the process doing it. So:
   other workers go on;
 * an exception in the scorer, or a reward outside [0, 1] (NaN included: ``check_reward``, applied
   by ``score_item`` here and in process alike), gives reward 0 and counts as an error (the worker
-  lives on; the first message per batch is logged). A worker that dies mid-answer (segfault, OOM kill)
-  counts as an error and is replaced. A worker that dies before it is ready raises
+  lives on; the first message per batch is logged). A worker that dies mid-answer (segfault, OOM
+  kill) counts as an error and is replaced. A worker that dies before it is ready raises
   ``RuntimeError``: that is a broken install, not a bad answer.
 
 ``score_batch`` returns ``(rewards, stats)``: rewards in input order, stats with
@@ -202,7 +202,7 @@ class RewardPool:
             try:
                 rewards[i] = score_item(self.score_fn, item, self.format_weight)
                 stats["num_scored"] += 1
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - as in a worker: scores 0, counted
                 self._log_error(stats, i, f"{type(exc).__name__}: {exc}")
 
     def _log_error(self, stats: dict, index: int, message: str) -> None:

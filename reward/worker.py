@@ -33,7 +33,10 @@ class RewardWorker:
     def score(self, *batches: TrajectoryBatch) -> tuple[TrajectoryBatch, dict]:
         """(the batch with rewards and advantages, rollout metrics)."""
         t0 = time.perf_counter()
-        batch = TrajectoryBatch.concat(list(batches), self.pad_id) if len(batches) > 1 else batches[0]
+        if len(batches) > 1:
+            batch = TrajectoryBatch.concat(list(batches), self.pad_id)
+        else:
+            batch = batches[0]
         batch.validate()
         items = list(zip(batch.tasks, batch.response_texts, batch.answers, batch.metas))
         rewards, pool_stats = self.pool.score_batch(items)
@@ -57,14 +60,16 @@ class RewardWorker:
         tok = _tokenizer(tokenizer_path) if tokenizer_path else None
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.tmp"
+        rewards, advantages = batch.rewards, batch.advantages
         with open(tmp, "w") as f:
             for i in range(len(batch)):
                 n = int(batch.response_lengths[i])
                 ids = batch.response_ids[i, :n].tolist()
-                row = {"step": batch.step, "problem_id": batch.problem_ids[i], "task": batch.tasks[i],
-                       "level": int(batch.level[i]), "group": int(batch.group_index[i]),
-                       "reward": float(batch.rewards[i]) if batch.rewards is not None else None,
-                       "advantage": float(batch.advantages[i]) if batch.advantages is not None else None,
+                row = {"step": batch.step, "problem_id": batch.problem_ids[i],
+                       "task": batch.tasks[i], "level": int(batch.level[i]),
+                       "group": int(batch.group_index[i]),
+                       "reward": float(rewards[i]) if rewards is not None else None,
+                       "advantage": float(advantages[i]) if advantages is not None else None,
                        "finish_reason": batch.finish_reasons[i], "text": batch.response_texts[i],
                        "token_ids": ids, "tau": [round(x, 5) for x in batch.tau[i, :n].tolist()]}
                 if tok is not None:

@@ -45,7 +45,8 @@ class RolloutConfig:
         _require(self.vllm_runner in ("auto", "v1", "v2"), "rollout.vllm_runner", self.vllm_runner,
                  "must be auto, v1 or v2", "set rollout.vllm_runner=auto")
         _require(self.engine_core in ("auto", "inproc", "process"), "rollout.engine_core",
-                 self.engine_core, "must be auto, inproc or process", "set rollout.engine_core=auto")
+                 self.engine_core, "must be auto, inproc or process",
+                 "set rollout.engine_core=auto")
         for key in ("num_actors", "group_size", "max_new_tokens", "max_prompt_tokens",
                     "batch_size", "kv_cache_gb", "max_num_seqs", "tensor_parallel_size"):
             value = getattr(self, key)

@@ -36,7 +36,8 @@ class HFEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
 
     @classmethod
-    def from_path(cls, path, strategy: TemperatureStrategy, dtype: str = "float32", **kw) -> "HFEngine":
+    def from_path(cls, path, strategy: TemperatureStrategy, dtype: str = "float32",
+                  **kw) -> "HFEngine":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

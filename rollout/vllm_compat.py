@@ -50,8 +50,8 @@ def configure_env(kv_cache_gb: float, *, runner: str = "auto", engine_core: str 
         raise ValueError(f"tensor_parallel_size ({tensor_parallel_size}) must be an integer >= 1")
     gb = int(round(kv_cache_gb))
     if gb < 1:
-        raise ValueError(f"kv_cache_gb ({kv_cache_gb}) must be an integer >= 1 (vLLM's CPU KV cache "
-                         f"is sized in whole GiB); set e.g. rollout.kv_cache_gb=1")
+        raise ValueError(f"kv_cache_gb ({kv_cache_gb}) must be an integer >= 1 (vLLM's CPU KV "
+                         f"cache is sized in whole GiB); set e.g. rollout.kv_cache_gb=1")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine_core == "process" else "0"
     if runner == "auto":
         if _USER_RUNNER is None:

@@ -1,8 +1,8 @@
 """vLLM rollout engine with a per-token temperature chosen inside the model's ``compute_logits``.
 
     engine = VLLMEngine(model_path, strategy, max_model_len=192, max_new_tokens=64)
-    batch = engine.generate(requests, step=3, seed=7)     # -> validated TrajectoryBatch
-    secs = engine.load_weights(state_dict)                 # θ (HF names) and/or φ (temperature_head.*)
+    batch = engine.generate(requests, step=3, seed=7)  # -> validated TrajectoryBatch
+    secs = engine.load_weights(state_dict)  # θ (HF names) and/or φ (temperature_head.*)
     engine.close()
 
 How it departs from plain vLLM sampling (see ``rollout.vllm_model`` / ``rollout.vllm_rows``):
@@ -162,7 +162,8 @@ class VLLMEngine:
             if not q.prompt_ids or len(q.prompt_ids) + self.max_new_tokens > self.max_model_len:
                 raise ValueError(
                     f"request {i} has {len(q.prompt_ids)} prompt tokens; need 1 <= prompt tokens "
-                    f"<= max_model_len - max_new_tokens = {self.max_model_len - self.max_new_tokens}; "
+                    f"<= max_model_len - max_new_tokens = "
+                    f"{self.max_model_len - self.max_new_tokens}; "
                     f"truncate prompts or raise max_model_len")
         t0 = time.perf_counter()
         # CPU, runner V1: vLLM rewinds a per-request generator when a partial-prefill row's token
@@ -191,7 +192,8 @@ class VLLMEngine:
                    for out, k, text in zip(outputs, keys, texts)]
         n_tokens = sum(len(r.token_ids) for r in records)
         stats = {"gen_s": time.perf_counter() - t0, "gen_tokens": float(n_tokens),
-                 "select_s": got["select_s"], **{f"vllm/{k}": v for k, v in got["counters"].items()}}
+                 "select_s": got["select_s"],
+                 **{f"vllm/{k}": v for k, v in got["counters"].items()}}
         return assemble_batch(requests, records, self.pad_id, step, stats)
 
     def load_weights(self, state_dict: dict[str, Tensor]) -> float:
@@ -260,7 +262,7 @@ class VLLMEngine:
                 from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
                 cleanup_dist_env_and_memory()
-            except Exception as e:  # best effort: the process may be exiting
+            except Exception as e:  # noqa: BLE001 - best effort: the process may be exiting
                 log.warning("vLLM cleanup: %s", e)
         if getattr(self, "_overlay_is_temporary", False):
             shutil.rmtree(self._overlay, ignore_errors=True)
@@ -338,7 +340,8 @@ class VLLMEngine:
         """Rank 0's records of ``keys``, checked equal on every tensor-parallel rank."""
         replies = self._rpc_all("tempo_collect", keys)
         got = replies[0]
-        got["counters"]["ranks_agreeing"] = float(sum(r["digest"] == got["digest"] for r in replies))
+        agreeing = sum(r["digest"] == got["digest"] for r in replies)
+        got["counters"]["ranks_agreeing"] = float(agreeing)
         for rank, other in enumerate(replies[1:], 1):
             for name, count in other["anomalies"].items():
                 got["anomalies"][f"rank{rank}/{name}"] = count
@@ -353,8 +356,8 @@ class VLLMEngine:
         ids = list(comp.token_ids)
         n = len(ids)
         if comp.finish_reason not in ("stop", "length"):
-            raise RuntimeError(f"vLLM finished response {key} with {comp.finish_reason!r}; expected "
-                               f"'stop' (EOS) or 'length' (max_new_tokens)")
+            raise RuntimeError(f"vLLM finished response {key} with {comp.finish_reason!r}; "
+                               f"expected 'stop' (EOS) or 'length' (max_new_tokens)")
         if len(recs) < n or any(r is None for r in recs[:n]):
             missing = [t for t in range(n) if t >= len(recs) or recs[t] is None]
             raise RuntimeError(f"response {key} has {n} tokens but no recorded temperature at "
@@ -372,13 +375,15 @@ class VLLMEngine:
         """The tensors to send; rejects unknown names and partly-sent modules."""
         sd = {k: v.detach() for k, v in state_dict.items()}
         if "lm_head.weight" not in self._keys and "model.embed_tokens.weight" in sd:
-            sd.pop("lm_head.weight", None)  # tied embeddings: the same tensor, sent as the embedding
+            # tied embeddings: the same tensor, sent as the embedding
+            sd.pop("lm_head.weight", None)
         unknown = sorted(k for k in sd if k not in self._keys)
         if unknown:
             raise KeyError(f"weights not in the model: {unknown[:5]} (of {len(unknown)}); expected "
                            f"Hugging Face names such as {sorted(self._keys)[:3]} or "
                            f"{HEAD_PREFIX}fc1.weight")
-        partial = sorted(m for m in {_module_of(k) for k in sd} if not self._modules[m] <= sd.keys())
+        partial = sorted(m for m in {_module_of(k) for k in sd}
+                         if not self._modules[m] <= sd.keys())
         if partial:
             raise ValueError(f"load_weights got part of module(s) {partial[:5]}: send every "
                              f"parameter of a module (vLLM reloads per layer and would corrupt the "

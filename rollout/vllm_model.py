@@ -118,8 +118,9 @@ class TempoRuntime:
         if hidden is None:
             hidden, self._hidden = self._hidden, None
             if s.needs_hidden and (hidden is None or hidden.shape[0] != n):
+                stashed = None if hidden is None else hidden.shape[0]
                 self._anomaly("hidden_mismatch", f"{n} logits rows but the hidden states stashed "
-                              f"by compute_logits have {None if hidden is None else hidden.shape[0]}")
+                              f"by compute_logits have {stashed}")
                 return logits
         device = logits.device
         positions, prev_tau = self._positions_and_prev_tau(rows)
@@ -188,7 +189,8 @@ class TempoRuntime:
             recs = self.records.pop(k, {})
             top = max(recs) + 1 if recs else 0
             out[k] = [recs.get(t) for t in range(top)]
-        counters = {"readded_rows": float(self.rows.readded), "rewritten_rows": float(self.rewritten)}
+        counters = {"readded_rows": float(self.rows.readded),
+                    "rewritten_rows": float(self.rewritten)}
         return {"records": out, "anomalies": dict(self.anomalies), "messages": list(self.messages),
                 "counters": counters, "select_s": self.select_s}
 

@@ -1,4 +1,5 @@
-"""The project's vLLM plugin (entry point ``vllm.general_plugins``: ``tempo = rollout.vllm_plugin:register``).
+"""The project's vLLM plugin (entry point ``vllm.general_plugins``:
+``tempo = rollout.vllm_plugin:register``).
 
 vLLM calls ``register()`` in every process it starts (the engine core, each tensor-parallel
 worker), before it resolves the model class. A process that was *spawned* has none of its

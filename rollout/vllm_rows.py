@@ -57,10 +57,10 @@ from rollout.vllm_compat import import_vllm
 
 import_vllm()  # version check before touching vLLM internals
 
-from vllm.v1.sample.logits_processor import (  # noqa: E402
-    BatchUpdate, LogitsProcessor, MoveDirectionality)
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor.interface import (  # noqa: E402
-    LogitsProcessor as V2LogitsProcessor)
+    LogitsProcessor as V2LogitsProcessor,
+)
 
 KEY = "tempo_key"
 """SamplingParams.extra_args key: the rollout engine's id of the response"""
@@ -108,7 +108,8 @@ class RowMismatch(RuntimeError):
 
 
 class V1RowTracker(LogitsProcessor):
-    """Follows the V1 persistent batch through logits-processor batch updates; never edits logits."""
+    """Follows the V1 persistent batch through logits-processor batch updates; never edits
+    logits."""
 
     divides_in_compute_logits = True
 
@@ -151,9 +152,9 @@ class V1RowTracker(LogitsProcessor):
         if self.batch_size == 0 or not self._rows:
             return None
         if n != self.batch_size:
-            raise RowMismatch(f"compute_logits got {n} rows but the V1 batch holds {self.batch_size} "
-                              f"requests (speculative decoding or prompt logprobs are not supported "
-                              f"with per-token temperatures)")
+            raise RowMismatch(f"compute_logits got {n} rows but the V1 batch holds "
+                              f"{self.batch_size} requests (speculative decoding or prompt "
+                              f"logprobs are not supported with per-token temperatures)")
         missing = [i for i in range(n) if i not in self._rows]
         if missing:
             raise RowMismatch(f"batch slots {missing[:8]} have no request after the batch update")
@@ -196,8 +197,9 @@ class V2RowSource(V2LogitsProcessor):
     def rows(self, ctx, n: int) -> list[Row] | None:
         slots = ctx.expanded_idx_mapping.tolist()
         if len(slots) != n or len(slots) != len(ctx.idx_mapping_np):
-            raise RowMismatch(f"V2 apply got {n} logits rows for {len(ctx.idx_mapping_np)} requests "
-                              f"(speculative decoding is not supported with per-token temperatures)")
+            raise RowMismatch(f"V2 apply got {n} logits rows for {len(ctx.idx_mapping_np)} "
+                              f"requests (speculative decoding is not supported with per-token "
+                              f"temperatures)")
         if any(s not in self._slots for s in slots):
             return None  # a dummy (warm-up) batch over slots no request was added to
         out = []

@@ -133,6 +133,7 @@ def _restarted_actor() -> bool:
 
         with warnings.catch_warnings():  # Ray's property reads its own deprecated actor_id
             warnings.simplefilter("ignore", DeprecationWarning)
-            return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+            return (ray.is_initialized()
+                    and ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # noqa: BLE001 - not inside a Ray actor
         return False

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from launch.analyze import (example_response, main, tau_by_level, tau_by_position, top_tau_tokens,
-                            write_report)
+from launch.analyze import (
+    example_response,
+    main,
+    tau_by_level,
+    tau_by_position,
+    top_tau_tokens,
+    write_report,
+)
 
 
 def _row(step, level, taus, tokens, reward):
@@ -23,7 +29,8 @@ def test_tau_by_level_position_and_top_tokens_by_hand():
     levels = tau_by_level(DUMP)
     assert levels[1][0] == pytest.approx(0.6) and levels[1][2] == 2
     assert levels[3][0] == pytest.approx((1.0 + 1.2 + 1.4 + 0.8 + 1.0) / 5)
-    assert [round(m, 6) for m, _ in tau_by_position(DUMP)] == [round(2.3 / 3, 6), round(2.9 / 3, 6), 1.4]
+    assert [round(m, 6) for m, _ in tau_by_position(DUMP)] == [round(2.3 / 3, 6),
+                                                                round(2.9 / 3, 6), 1.4]
     top = top_tau_tokens(DUMP, k=2, min_count=2)
     assert [t for t, _, _ in top] == [".", "2"]  # "." 0.7,1.2,1.0 -> 0.967; "2" 1.0,0.8 -> 0.9
     assert top[0][1] == pytest.approx(2.9 / 3) and top[0][2] == 3
@@ -43,7 +50,8 @@ def _write_run(tmp_path, tampo: bool):
     metrics[-1].update({"eval/all/avg@4": 0.41, "eval/all/pass@4": 0.62, "eval/all/n": 10.0})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     (tmp_path / "rollouts").mkdir()
-    (tmp_path / "rollouts" / "step_000008.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DUMP * 10))
+    (tmp_path / "rollouts" / "step_000008.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in DUMP * 10))
     (tmp_path / "resolved_config.yaml").write_text("meta:\n  name: tampo\n")
 
 

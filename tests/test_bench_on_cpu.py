@@ -164,7 +164,8 @@ def test_trl_benchmark_runs_both_sides_step_for_step(tiny_model_dir, tmp_path, c
     out = tmp_path / "trl.json"
     result = main(["trl", "--prompts", "2", "--group", "2", "--max-new-tokens", "8",
                    "--micro-batch-size", "4", "--reps", "2", "--warmup", "1",
-                   "--set", "rollout=hf", "--set", f"model.path={tiny_model_dir}", "--out", str(out)])
+                   "--set", "rollout=hf", "--set", f"model.path={tiny_model_dir}",
+                   "--out", str(out)])
     text = capsys.readouterr().out
     assert "TRL / ours" in text and "seconds per GRPO step" in text
     # both sides made warmup + reps optimizer steps, on 2 x 2 responses of <= 8 tokens each

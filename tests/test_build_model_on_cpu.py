@@ -7,7 +7,6 @@ import json
 import pytest
 
 from launch.build_model import TinyModelSpec, build, cached_model_path, ensure_tiny_model
-
 from tests.conftest import QUICK_SPEC_KW
 
 QUICK = TinyModelSpec(**QUICK_SPEC_KW)
@@ -89,10 +88,12 @@ def test_pretraining_lowers_the_loss(tmp_path):
 
 
 def test_sft_steps_zero_builds_a_random_weight_model(tmp_path):
-    """sft_steps=0: no pre-training (a random model of any size, for benchmarks), a loadable folder."""
+    """sft_steps=0: no pre-training (a random model of any size, for benchmarks), a loadable
+    folder."""
     from transformers import AutoModelForCausalLM
 
-    out = build(TinyModelSpec(**{**QUICK.__dict__, "sft_steps": 0, "hidden_size": 64}), tmp_path / "m")
+    spec = TinyModelSpec(**{**QUICK.__dict__, "sft_steps": 0, "hidden_size": 64})
+    out = build(spec, tmp_path / "m")
     meta = json.loads((out / "tempo_build.json").read_text())
     assert meta["first_loss"] is None and meta["final_loss"] is None
     assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 64

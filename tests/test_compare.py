@@ -30,7 +30,8 @@ def test_table_is_mean_and_std_over_seeds(tmp_path):
     assert "| a | 2 | 0.420 ± 0.028 | 0.620 ± 0.000 | 0.300 ± 0.000 | 0.600 ± 0.000 | 100 |" in text
     assert "| b | 1 | 0.350 ± 0.000 |" in text
     md = write_comparison(tmp_path, runs).read_text()
-    assert "![comparison](comparison.png)" in md and (tmp_path / "comparison.png").stat().st_size > 5000
+    assert "![comparison](comparison.png)" in md
+    assert (tmp_path / "comparison.png").stat().st_size > 5000
 
 
 def test_bad_set_and_only_are_refused(capsys):

@@ -37,10 +37,12 @@ def test_every_experiment_composes_and_validates(experiment):
 
 
 def test_required_experiments_exist():
-    assert {"introllm", "tampo", "fixed", "linear", "ead", "edt", "smoke"} <= set(options("experiment"))
+    required = {"introllm", "tampo", "fixed", "linear", "ead", "edt", "smoke"}
+    assert required <= set(options("experiment"))
 
 
-@pytest.mark.parametrize("group", ["model", "data", "rollout", "learner", "meta", "reward", "cluster"])
+@pytest.mark.parametrize("group", ["model", "data", "rollout", "learner", "meta", "reward",
+                                   "cluster"])
 def test_every_group_option_validates(group, tmp_path):
     for option in options(group):
         extra = []
@@ -114,8 +116,9 @@ def test_config_defaults_match_strategy_constructor_defaults():
                 continue
             if isinstance(default, tuple):
                 value, default = tuple(value), tuple(default)
-            assert value == pytest.approx(default) if isinstance(default, float) else value == default, \
-                f"conf/meta/{name}.yaml {key}={value!r} but the constructor default is {default!r}"
+            want = pytest.approx(default) if isinstance(default, float) else default
+            assert value == want, (f"conf/meta/{name}.yaml {key}={value!r} but the constructor "
+                                   f"default is {default!r}")
 
 
 def test_cli_reports_config_error_before_starting(tmp_path):

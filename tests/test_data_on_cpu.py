@@ -111,7 +111,8 @@ def test_bad_rows_are_skipped_with_one_warning_and_counted(tmp_path, caplog):
 
 
 def test_too_many_bad_rows_is_an_error_naming_the_fix(tmp_path):
-    f = write_jsonl(tmp_path / "wrong.jsonl", [{"text": "x"}] * 5 + [{"problem": "Q", "answer": "1"}])
+    f = write_jsonl(tmp_path / "wrong.jsonl",
+                    [{"text": "x"}] * 5 + [{"problem": "Q", "answer": "1"}])
     with pytest.raises(DataError, match="max_bad_fraction"):
         load_problems(f, "auto", max_bad_fraction=0.1)
     with pytest.raises(DataError, match="does not exist"):

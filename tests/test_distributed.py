@@ -41,7 +41,8 @@ CONF = ROOT / "conf"
 def test_separate_pools_give_one_bundle_per_actor():
     lay = plan_layout(num_rollout=2, num_ranks=3, colocate=False, gpu=True)
     assert lay.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 5
-    assert [s.bundle for s in lay.rollout] == [0, 1] and [s.bundle for s in lay.learner] == [2, 3, 4]
+    assert [s.bundle for s in lay.rollout] == [0, 1]
+    assert [s.bundle for s in lay.learner] == [2, 3, 4]
     assert all(s.resources == {"num_cpus": 1.0, "num_gpus": 1.0} for s in lay.rollout + lay.learner)
     cpu = plan_layout(2, 2, colocate=False, gpu=False)  # the CPU path: {"CPU": 1} bundles
     assert cpu.bundles == [{"CPU": 1.0}] * 4
@@ -53,7 +54,8 @@ def test_colocation_shares_bundle_i_between_engine_i_and_rank_i():
     # bundle 0: engine 0 + rank 0 (half a GPU, one CPU each); bundle 1: engine 1 alone
     assert lay.bundles == [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
     assert lay.rollout[0].bundle == lay.learner[0].bundle == 0
-    assert lay.rollout[0].resources == lay.learner[0].resources == {"num_cpus": 1.0, "num_gpus": 0.5}
+    half = {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert lay.rollout[0].resources == lay.learner[0].resources == half
     assert lay.rollout[1].resources == {"num_cpus": 1.0, "num_gpus": 1.0}
     cpu = plan_layout(2, 2, colocate=True, gpu=False)
     assert cpu.bundles == [{"CPU": 1.0}] * 2
@@ -96,7 +98,8 @@ def test_cluster_defaults_keep_the_one_machine_behaviour():
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         run = validate(compose(config_name="config"))
-    assert (run.cluster.placement, run.cluster.colocate, run.cluster.device) == ("none", False, "auto")
+    cluster = run.cluster
+    assert (cluster.placement, cluster.colocate, cluster.device) == ("none", False, "auto")
 
 
 # ----------------------------------------------------------------------------- slow: Ray
@@ -133,7 +136,8 @@ def test_two_node_spread_run_puts_engines_and_ranks_on_both_nodes(two_nodes, tin
                                                                    tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "RAY_DEDUP_LOGS": "0"}
     cmd = [sys.executable, "-m", "launch.run", "+experiment=smoke", f"model.path={tiny_model_dir}",
-           f"hydra.run.dir={tmp_path}", "cluster.dashboard=false", f"cluster.address={two_nodes.address}",
+           f"hydra.run.dir={tmp_path}", "cluster.dashboard=false",
+           f"cluster.address={two_nodes.address}",
            "cluster.placement=spread", "learner.num_ranks=2", "rollout.num_actors=2", "rollout=hf",
            "eval.samples=1", "data.eval_size=8"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

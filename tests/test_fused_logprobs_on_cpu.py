@@ -18,7 +18,8 @@ TOL = 2e-5  # fp32 maths in both; the kernel sums in another order
 
 
 def _err(got, want):
-    """largest error relative to 1 + |want| (log-probs reach -150 at T = 0.1: fp32 has ~1e-5 there)"""
+    """largest error relative to 1 + |want| (log-probs reach -150 at T = 0.1: fp32 has ~1e-5
+    there)"""
     return float(((got - want).abs() / (1 + want.abs())).max())
 
 
@@ -130,7 +131,8 @@ def test_cpu_tensors_without_interpreter_get_a_clear_error():
     from learner import fused_logprobs
 
     if fused_logprobs.triton.knobs.runtime.interpret:
-        pytest.fail("TRITON_INTERPRET is set in the test process; this test checks the error without it")
+        pytest.fail("TRITON_INTERPRET is set in the test process; this test checks the error "
+                    "without it")
     with pytest.raises(RuntimeError, match="learner.logprob_impl=torch"):
         fused_logprobs.tempered_stats(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long),
                                       torch.ones(1))

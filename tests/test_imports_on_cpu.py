@@ -251,8 +251,8 @@ def test_lower_layers_do_not_import_launch():
 
 
 def test_package_layers_point_one_way():
-    """Package level, launch.checks aside: meta <- rollout <- learner <- reward <- data <- launch
-    (a package imports only packages to its left)."""
+    """Package level, launch.checks aside: in the order meta, rollout, learner, reward, data,
+    launch, a package imports only packages before it."""
     order = ["meta", "rollout", "learner", "reward", "data", "launch"]
     graph, _ = import_graph()
     up = defaultdict(list)

@@ -1,4 +1,5 @@
-"""GRPO advantages, PPO-clip loss, aggregation and KL (docs/algorithms.md §1), checked by hand and by loops."""
+"""GRPO advantages, PPO-clip loss, aggregation and KL (docs/algorithms.md §1), checked by hand
+and by loops."""
 
 import math
 from collections import defaultdict
@@ -6,8 +7,13 @@ from collections import defaultdict
 import pytest
 import torch
 
-from learner.core_algos import (agg_loss, compute_grpo_advantages, kl_k3, phi_policy_loss,
-                                policy_loss)
+from learner.core_algos import (
+    agg_loss,
+    compute_grpo_advantages,
+    kl_k3,
+    phi_policy_loss,
+    policy_loss,
+)
 from learner.logprobs import token_logprobs
 
 E = math.e
@@ -33,7 +39,8 @@ def test_vectorised_advantages_equal_per_group_loop(norm_by_std):
     rewards = (torch.rand(12, generator=g) > 0.5).float() + torch.rand(12, generator=g) * 0.1
     rewards[7:11] = 1.0  # a zero-variance group -> A = 0
     got = compute_grpo_advantages(rewards, index, norm_by_std=norm_by_std)
-    torch.testing.assert_close(got, grpo_advantages_loop(rewards, index, norm_by_std), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got, grpo_advantages_loop(rewards, index, norm_by_std),
+                               atol=1e-6, rtol=1e-6)
     assert torch.all(got[7:11] == 0)
 
 
@@ -42,7 +49,8 @@ def test_advantages_hand_case():
     # A = [2/3, -1/3, -1/3] / 0.57735 = [1.1547, -0.57735, -0.57735]
     got = compute_grpo_advantages(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 0]))
     torch.testing.assert_close(got, torch.tensor([1.1547, -0.57735, -0.57735]), atol=1e-4, rtol=0)
-    dr = compute_grpo_advantages(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 0]), norm_by_std=False)
+    dr = compute_grpo_advantages(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 0]),
+                                 norm_by_std=False)
     torch.testing.assert_close(dr, torch.tensor([2 / 3, -1 / 3, -1 / 3]))
     # a lone response: mean 0, std 1 (verl) -> A = r / (1 + 1e-6)
     torch.testing.assert_close(compute_grpo_advantages(torch.tensor([0.8]), torch.tensor([5])),
@@ -53,9 +61,12 @@ def test_agg_loss_modes_by_hand():
     loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     assert agg_loss(loss, mask, "token-mean").item() == pytest.approx(3.0)  # 15 / 5 tokens
-    assert agg_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx(3.25)  # (6/3 + 9/2) / 2
-    assert agg_loss(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(2.5)  # 15 / (2 * 3)
-    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", max_len=5).item() == pytest.approx(1.5)  # 15 / 10
+    # (6/3 + 9/2) / 2
+    assert agg_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx(3.25)
+    # 15 / (2 * 3)
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(2.5)
+    # 15 / 10
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", max_len=5).item() == pytest.approx(1.5)
     empty = torch.tensor([[1, 1, 1], [0, 0, 0]])  # an empty sequence does not count in seq-mean
     assert agg_loss(loss, empty, "seq-mean-token-mean").item() == pytest.approx(2.0)
     assert agg_loss(loss, torch.zeros(2, 3), "token-mean").item() == 0.0
@@ -76,7 +87,8 @@ def test_policy_loss_hand_cases():
     loss.backward()
     assert loss.item() == pytest.approx(-1.28) and st["pg_clipfrac"].item() == 1.0
     assert torch.all(logp.grad == 0)
-    assert st["ppo_kl"].item() == pytest.approx(-1.0) and st["ratio_mean"].item() == pytest.approx(E)
+    assert st["ppo_kl"].item() == pytest.approx(-1.0)
+    assert st["ratio_mean"].item() == pytest.approx(E)
     # ratio = [e, e, e], A = -1 -> max(e, 1.28) = e, unclipped, d/dlogp = e / 3 per token
     logp, old, adv, mask = three_tokens(1.0, -1.0)
     loss, st = policy_loss(logp, old, adv, mask)
@@ -94,21 +106,26 @@ def test_policy_loss_hand_cases():
 def test_tis_weights_are_capped_and_detached():
     logp = torch.zeros(1, 3, requires_grad=True)
     old = torch.zeros(1, 3)  # ratio 1
-    rollout = torch.tensor([[-math.log(3.0), math.log(2.0), 0.0]])  # exp(old - rollout) = [3, 0.5, 1]
-    loss, st = policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 3), rollout_logp=rollout, tis_cap=2.0)
+    # exp(old - rollout) = [3, 0.5, 1]
+    rollout = torch.tensor([[-math.log(3.0), math.log(2.0), 0.0]])
+    loss, st = policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 3), rollout_logp=rollout,
+                           tis_cap=2.0)
     loss.backward()
     # weights [min(3, 2), 0.5, 1] = [2, 0.5, 1]; per-token loss -A * ratio * w -> mean -(3.5) / 3
     assert loss.item() == pytest.approx(-3.5 / 3)
     torch.testing.assert_close(logp.grad, torch.tensor([[-2 / 3, -0.5 / 3, -1 / 3]]))
     assert st["tis_clipfrac"].item() == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match=r"tis_cap \(0.0\) must be > 0"):
-        policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 3), rollout_logp=rollout, tis_cap=0.0)
+        policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 3), rollout_logp=rollout,
+                    tis_cap=0.0)
 
 
 def test_kl_k3_and_kl_term():
     # d = ref - logp = log 2 -> e^d - d - 1 = 2 - 0.693147 - 1 = 0.306853
-    assert kl_k3(torch.tensor(0.0), torch.tensor(math.log(2))).item() == pytest.approx(1 - math.log(2))
-    assert kl_k3(torch.tensor(0.0), torch.tensor(50.0)).item() == 10.0  # clamped like verl's low_var_kl
+    assert kl_k3(torch.tensor(0.0), torch.tensor(math.log(2))).item() == pytest.approx(
+        1 - math.log(2))
+    # clamped like verl's low_var_kl
+    assert kl_k3(torch.tensor(0.0), torch.tensor(50.0)).item() == 10.0
     assert kl_k3(torch.tensor(-1.3), torch.tensor(-1.3)).item() == 0.0
     logp, old, adv, mask = three_tokens(0.0, 0.0)  # zero advantage -> pg loss 0
     ref = torch.full((1, 3), math.log(2))
@@ -132,8 +149,8 @@ def test_garbage_in_padding_changes_neither_loss_nor_gradient(mode):
     clean = random_inputs(0)
     dirty = {k: v.clone() for k, v in clean.items()}
     pad = ~clean["response_mask"]
-    for k, junk in [("logp", float("nan")), ("old_logp", float("inf")), ("rollout_logp", -float("inf")),
-                    ("ref_logp", 1e30), ("entropy", float("nan"))]:
+    for k, junk in [("logp", float("nan")), ("old_logp", float("inf")),
+                    ("rollout_logp", -float("inf")), ("ref_logp", 1e30), ("entropy", float("nan"))]:
         dirty[k][pad] = junk
     adv_bt = clean["advantages"][:, None].expand(4, 6).clone()
     adv_bt[pad] = float("nan")
@@ -141,7 +158,8 @@ def test_garbage_in_padding_changes_neither_loss_nor_gradient(mode):
     results = []
     for inputs in (clean, dirty):
         logp = inputs.pop("logp").requires_grad_(True)
-        loss, _ = policy_loss(logp, **inputs, loss_agg_mode=mode, tis_cap=2.0, kl_coef=0.05, entropy_coef=0.01)
+        loss, _ = policy_loss(logp, **inputs, loss_agg_mode=mode, tis_cap=2.0, kl_coef=0.05,
+                              entropy_coef=0.01)
         loss.backward()
         results.append((loss.detach(), logp.grad))
     assert torch.isfinite(results[1][0]) and torch.isfinite(results[1][1]).all()
@@ -157,7 +175,11 @@ def test_per_token_constant_tau_equals_scalar_temperature_grpo():
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[2, 3:] = False
     adv = compute_grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
-    old = (torch.log_softmax(logits / temp, -1).gather(-1, tokens[..., None]).squeeze(-1) - 0.1).detach()
+
+    def textbook_logp(x):
+        return torch.log_softmax(x / temp, -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+    old = (textbook_logp(logits) - 0.1).detach()
 
     def loss_with(logp_fn):
         x = logits.clone().requires_grad_(True)
@@ -165,9 +187,9 @@ def test_per_token_constant_tau_equals_scalar_temperature_grpo():
         loss.backward()
         return loss.detach(), x.grad
 
-    textbook = loss_with(lambda x: torch.log_softmax(x / temp, -1).gather(-1, tokens[..., None]).squeeze(-1))
-    per_token = loss_with(lambda x: token_logprobs(x, tokens, torch.full((B, T), temp), chunk_size=3,
-                                                   response_mask=mask))
+    textbook = loss_with(textbook_logp)
+    per_token = loss_with(lambda x: token_logprobs(x, tokens, torch.full((B, T), temp),
+                                                   chunk_size=3, response_mask=mask))
     assert torch.equal(textbook[0], per_token[0])
     torch.testing.assert_close(textbook[1], per_token[1], atol=1e-7, rtol=1e-6)
 
@@ -214,8 +236,9 @@ def two_by_two(clip_ratio_c):
 
 def test_dual_clip_caps_a_negative_advantage_with_a_huge_ratio_only():
     e2 = E ** 2  # 7.389 > clip_ratio_c = 3
-    # per-token losses: A = -1: [max(e^2, 1.28) = e^2 -> min(e^2, 3) = 3, 1]; A = +1: [max(-e^2, -1.28)
-    # = -1.28 (the upper clip, untouched by the dual-clip), -1]; token-mean (3 + 1 - 1.28 - 1) / 4
+    # per-token losses: A = -1: [max(e^2, 1.28) = e^2 -> min(e^2, 3) = 3, 1];
+    # A = +1: [max(-e^2, -1.28) = -1.28 (the upper clip, untouched by the dual-clip), -1];
+    # token-mean (3 + 1 - 1.28 - 1) / 4
     loss, st, grad = two_by_two(3.0)
     assert loss.item() == pytest.approx((3.0 + 1.0 - 1.28 - 1.0) / 4)
     assert st["pg_clipfrac_lower"].item() == pytest.approx(1 / 4)  # one token of four is capped
@@ -229,7 +252,8 @@ def test_dual_clip_caps_a_negative_advantage_with_a_huge_ratio_only():
     torch.testing.assert_close(grad, torch.tensor([[e2 / 4, 0.25], [0.0, -0.25]]))
     # the cap scales with |A|: A = -0.5 at ratio e^2 -> min(0.5 e^2, 3 * 0.5) = 1.5
     logp, old, _, mask = three_tokens(2.0, -0.5)
-    assert policy_loss(logp, old, torch.tensor([-0.5]), mask, clip_ratio_c=3.0)[0].item() == pytest.approx(1.5)
+    loss, _ = policy_loss(logp, old, torch.tensor([-0.5]), mask, clip_ratio_c=3.0)
+    assert loss.item() == pytest.approx(1.5)
     with pytest.raises(ValueError, match=r"clip_ratio_c \(1.0\) must be > 1"):
         two_by_two(1.0)
 
@@ -258,7 +282,8 @@ def test_dual_clip_off_is_the_plain_ppo_clip_bit_for_bit():
         if kwargs == "reference":
             loss = plain_ppo_clip(logp, *args, x["rollout_logp"])
         else:
-            loss, _ = policy_loss(logp, *args, rollout_logp=x["rollout_logp"], tis_cap=2.0, **kwargs)
+            loss, _ = policy_loss(logp, *args, rollout_logp=x["rollout_logp"], tis_cap=2.0,
+                                  **kwargs)
         loss.backward()
         results.append((loss.detach(), logp.grad))
     for loss, grad in results[1:]:
@@ -280,10 +305,12 @@ def test_phi_loss_takes_the_dual_clip_too():
 
 
 def test_seq_mean_token_sum_norm_is_verls_value_over_the_number_of_responses():
-    """verl's agg_loss: sum(token sums) / loss_scale_factor (default loss_mask.shape[-1]), no 1/B."""
+    """verl's agg_loss: sum(token sums) / loss_scale_factor (default loss_mask.shape[-1]), no
+    1/B."""
     g = torch.Generator().manual_seed(2)
     loss = torch.randn(5, 7, generator=g)
-    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 0, 5, 1])[:, None]  # an empty row counts in B
+    # an empty row counts in B
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 0, 5, 1])[:, None]
     verl = (loss * mask).sum(-1).sum() / mask.shape[-1]
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm"), verl / 5)
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm", max_len=10),

@@ -1,7 +1,9 @@
 """Chunked per-token-temperature log-probs, entropies and TAMPO's l_k (docs/algorithms.md §1, §3).
 
 Run as a script to measure tampo_loglik's peak memory at full scale:
-    PYTHONPATH=. python tests/test_learner_logprobs_on_cpu.py 4096 151936 10 512   # tokens vocab K chunk_size
+    PYTHONPATH=. python tests/test_learner_logprobs_on_cpu.py 4096 151936 10 512
+
+(the arguments: tokens, vocabulary, K, chunk_size)
 """
 
 import json
@@ -28,7 +30,8 @@ def make_batch(B=2, T=5, V=11, seed=0, dtype=torch.float32):
 
 
 def naive_logprobs(logits, tokens, tau):
-    return torch.log_softmax(logits.float() / tau[..., None], -1).gather(-1, tokens[..., None]).squeeze(-1)
+    logp = torch.log_softmax(logits.float() / tau[..., None], -1)
+    return logp.gather(-1, tokens[..., None]).squeeze(-1)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 4, 7, 10, 64])  # B*T = 10 rows: 3, 4, 7 do not divide it
@@ -86,7 +89,8 @@ def test_chunked_entropy_equals_naive(use_tau):
     assert got.shape == (2, 5)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     uniform = token_entropy(torch.zeros(1, 1, 8))
-    torch.testing.assert_close(uniform, torch.log(torch.tensor([[8.0]])))  # H(uniform over 8) = log 8
+    # H(uniform over 8) = log 8
+    torch.testing.assert_close(uniform, torch.log(torch.tensor([[8.0]])))
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7, 100])
@@ -128,7 +132,8 @@ print(json.dumps(dict(logits_bytes=logits.numel() * 4, growth_bytes=after - befo
 def test_tampo_loglik_does_not_materialise_k_copies():
     # 1024 tokens x 32000 vocab fp32 = 131 MB of logits; K unchunked tempered copies = 1.3 GB
     r = measure_peak(n_tokens=1024, vocab=32000, k=10, chunk=16)
-    assert r["growth_bytes"] < 0.5 * r["logits_bytes"], r  # measured ~10 MB: a few (16, V) temporaries
+    # measured ~10 MB: a few (16, V) temporaries
+    assert r["growth_bytes"] < 0.5 * r["logits_bytes"], r
 
 
 if __name__ == "__main__":
@@ -145,5 +150,6 @@ def test_the_chunk_default_is_the_configs():
     from learner.logprobs import old_pass_stats
 
     for fn in (token_logprobs, token_entropy, tampo_loglik, old_pass_stats):
-        assert inspect.signature(fn).parameters["chunk_size"].default == LearnerConfig().logprob_chunk
+        default = inspect.signature(fn).parameters["chunk_size"].default
+        assert default == LearnerConfig().logprob_chunk
     assert LearnerConfig().logprob_chunk == 1024

@@ -170,7 +170,8 @@ def test_phi_step_changes_only_the_head_and_favours_good_temperature_actions(
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
-def test_non_finite_loss_skips_the_step_and_leaves_no_trace(tiny_model_dir, engine, batch, zero_stage):
+def test_non_finite_loss_skips_the_step_and_leaves_no_trace(tiny_model_dir, engine, batch,
+                                                             zero_stage):
     bad = batch.select(list(range(len(batch))))
     bad.advantages = batch.advantages.clone()
     bad.advantages[3] = float("nan")
@@ -243,7 +244,8 @@ def test_train_step_runs_the_phases_and_returns_the_meta_input(tiny_model_dir, e
                                                               mini_batches):
     w = make_worker(tiny_model_dir, engine, mini_batches=mini_batches)
     stats, meta = w.train_step(batch, "joint", CANDIDATES)
-    assert {"actor/pg_loss", "phi/pg_loss", "timing_s/update_actor", "timing_s/update_phi"} <= set(stats)
+    assert {"actor/pg_loss", "phi/pg_loss", "timing_s/update_actor",
+            "timing_s/update_phi"} <= set(stats)
     # a separate old-log-prob pass only with several optimizer steps per batch
     assert ("timing_s/old_log_prob" in stats) == (mini_batches > 1)
     assert stats["actor/rollout_logp_diff_max"] < 1e-4  # the per-token temperature invariant
@@ -284,6 +286,11 @@ def test_one_pass_update_equals_a_separate_old_pass(tiny_model_dir, engine, batc
         make_worker(tiny_model_dir, engine, mini_batches=2).update_theta(batch)
 
 
+def _counting(forward, calls: list):
+    """`forward`, appending to `calls` on each call."""
+    return lambda *a, **k: calls.append(1) or forward(*a, **k)
+
+
 @pytest.mark.parametrize("zero_stage", [0, 3])
 def test_shared_prompts_give_the_same_values_gradients_and_steps(tiny_model_dir, engine, batch,
                                                                  zero_stage):
@@ -296,8 +303,8 @@ def test_shared_prompts_give_the_same_values_gradients_and_steps(tiny_model_dir,
         m = w._micro(batch, torch.arange(8))  # two groups of 4 rows
         assert (m.prompt is not None) == share and (not share or len(m.prompt.ids) == 2)
         old = w.compute_old_logprobs(batch, CANDIDATES)
-        forward, calls = w.theta.forward, []
-        w.theta.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+        calls = []
+        w.theta.forward = _counting(w.theta.forward, calls)
         theta_stats = w.update_theta(batch, old)
         assert len(calls) == 2  # one engine forward per micro-batch: its backward hooks expect it
         runs[share] = (old, theta_stats, w.update_phi(batch), params(w))
@@ -361,7 +368,8 @@ def ray_local():
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engine, batch, ray_local):
+def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engine, batch,
+                                                            ray_local):
     from learner.ds_utils import free_port
 
     ray = ray_local
@@ -396,7 +404,8 @@ def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engi
 
 def test_dual_clip_reaches_both_phases_and_logs_the_share_it_caps(tiny_model_dir, engine, batch):
     """learner.clip_ratio_c: with log pi_old 2 below log pi (ratio e^2 > 3) every token of a
-    negative-advantage response is capped, in the theta and the phi phase; off, nothing is logged."""
+    negative-advantage response is capped, in the theta and the phi phase; off, nothing is
+    logged."""
     mask = batch.response_mask
     share = float(((batch.advantages < 0)[:, None] & mask).sum() / mask.sum())
     assert 0 < share < 1

@@ -1,4 +1,5 @@
-"""IntroLLM temperature head: log-probs, sampling rules, init, phi-loss gradients (docs/algorithms.md §2)."""
+"""IntroLLM temperature head: log-probs, sampling rules, init, phi-loss gradients
+(docs/algorithms.md §2)."""
 
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ def test_init_gives_gate_half_and_beta_two():
     assert torch.allclose(alpha, torch.full((100,), 2.0), atol=0.05)
     assert torch.allclose(beta, torch.full((100,), 2.0), atol=0.05)
     torch.testing.assert_close(torch.sigmoid(head.fc2.bias[0]), torch.tensor(0.5))
-    torch.testing.assert_close(nn.functional.softplus(head.fc2.bias[1:]) + 1e-3, torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(nn.functional.softplus(head.fc2.bias[1:]) + 1e-3,
+                               torch.tensor([2.0, 2.0]))
 
 
 def test_head_runs_in_fp32_for_bf16_input():
@@ -46,7 +48,8 @@ def test_log_prob_matches_scipy():
     head = head64()
     h = torch.randn(6, 8, dtype=torch.float64)
     gate = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
-    z = torch.tensor([0.3, 0.0, 0.9, 0.0, 1e-9, 0.5], dtype=torch.float64)  # 1e-9 is clamped to 1e-6
+    # 1e-9 is clamped to 1e-6
+    z = torch.tensor([0.3, 0.0, 0.9, 0.0, 1e-9, 0.5], dtype=torch.float64)
     forced = torch.tensor([True, False, False, False, False, False])
     got = head.log_prob(h, gate, z, forced)
     gate_logit, alpha, beta = (t.detach().numpy() for t in head.distribution_params(h))
@@ -67,7 +70,8 @@ def test_entropy_matches_scipy():
     for i in range(4):
         p = torch.sigmoid(gate_logit[i]).item()
         assert gate_h[i].item() == pytest.approx(stats.bernoulli.entropy(p), rel=1e-10)
-        assert beta_h[i].item() == pytest.approx(stats.beta.entropy(alpha[i].item(), beta[i].item()), rel=1e-9)
+        want = stats.beta.entropy(alpha[i].item(), beta[i].item())
+        assert beta_h[i].item() == pytest.approx(want, rel=1e-9)
 
 
 def test_gate_zero_rows_cannot_leak_nan():
@@ -85,7 +89,8 @@ def row_ctx(n, d, seed, positions=None, hidden_dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     positions = torch.randint(0, 5, (n,), generator=g) if positions is None else positions
     return RowContext(positions=positions, prev_tau=torch.rand(n, generator=g) * 3 + 0.1,
-                      base_tau=torch.ones(n), hidden=torch.randn(n, d, generator=g).to(hidden_dtype),
+                      base_tau=torch.ones(n),
+                      hidden=torch.randn(n, d, generator=g).to(hidden_dtype),
                       generator=torch.Generator().manual_seed(seed + 1))
 
 
@@ -109,14 +114,17 @@ def test_select_sampling_rules():
 
 def test_select_mean_mode_and_bf16_hidden():
     s = IntroLLM(hidden_size=16, temperature_mode="mean")
-    c = row_ctx(200, 16, seed=3, positions=torch.zeros(200, dtype=torch.long), hidden_dtype=torch.bfloat16)
+    c = row_ctx(200, 16, seed=3, positions=torch.zeros(200, dtype=torch.long),
+                hidden_dtype=torch.bfloat16)
     d = s.select(c)
     # Beta(~2, ~2) mean ~ 0.5 -> tau ~ 0.5 + 0.5 * 1.0 = 1.0
     assert torch.all(d.gate == 1) and torch.allclose(d.tau, torch.ones(200), atol=0.02)
-    d2 = s.select(row_ctx(200, 16, seed=3, positions=torch.zeros(200, dtype=torch.long)), temperature_mode="sample")
+    d2 = s.select(row_ctx(200, 16, seed=3, positions=torch.zeros(200, dtype=torch.long)),
+                  temperature_mode="sample")
     assert d2.tau.std() > 0.1  # sampled temperatures spread out
     with pytest.raises(ValueError, match="needs ctx.hidden"):
-        s.select(RowContext(positions=torch.zeros(1), prev_tau=torch.ones(1), base_tau=torch.ones(1)))
+        s.select(RowContext(positions=torch.zeros(1), prev_tau=torch.ones(1),
+                            base_tau=torch.ones(1)))
 
 
 def test_state_dict_round_trip():
@@ -129,7 +137,8 @@ def test_state_dict_round_trip():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(tau_min=1.7, tau_max=1.5), r"tau_min \(1.7\) must be < tau_max \(1.5\); set e.g. tau_min=0.5"),
+    (dict(tau_min=1.7, tau_max=1.5),
+     r"tau_min \(1.7\) must be < tau_max \(1.5\); set e.g. tau_min=0.5"),
     (dict(gate_init_prob=1.0), r"gate_init_prob \(1.0\) must be in \(0, 1\)"),
     (dict(beta_init=0.0), r"beta_init \(0.0\) must be > eps"),
     (dict(temperature_mode="greedy"), r"temperature_mode \('greedy'\) must be 'sample' or 'mean'"),
@@ -162,7 +171,8 @@ def test_phi_loss_gradients_match_finite_differences():
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
     adv = torch.tensor([1.0, -0.5, 0.7], dtype=torch.float64)
     with torch.no_grad():  # old log-probs near the current ones, two far enough to be clipped
-        old = wrapper(h, gate, z, forced) + torch.rand(B, T, generator=g, dtype=torch.float64) * 0.1 - 0.05
+        noise = torch.rand(B, T, generator=g, dtype=torch.float64) * 0.1 - 0.05
+        old = wrapper(h, gate, z, forced) + noise
         old[0, 1] += 0.6
         old[2, 2] -= 0.6
     names = [n for n, _ in wrapper.named_parameters()]

@@ -24,7 +24,8 @@ def test_joint_always_joint():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"schedule \('both'\) must be one of \['alternate', 'joint'\]"):
+    with pytest.raises(ValueError,
+                       match=r"schedule \('both'\) must be one of \['alternate', 'joint'\]"):
         phase_for_step(0, "both")
     with pytest.raises(ValueError, match=r"phase_len \(0\) must be an integer >= 1"):
         phase_for_step(0, phase_len=0)

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from meta import EAD, EDT, FixedTemperature, LinearSchedule, RowContext, StagedSchedule, build_strategy
+from meta import (
+    EAD,
+    EDT,
+    FixedTemperature,
+    LinearSchedule,
+    RowContext,
+    StagedSchedule,
+    build_strategy,
+)
 from meta.registry import STRATEGIES
 
 
@@ -41,7 +49,8 @@ def test_linear_schedule_points():
 
 def test_staged_schedule_points_and_validation():
     s = StagedSchedule(temperatures=(1.4, 1.45, 1.5), boundaries=(100, 200))
-    assert [s.temperature_at(t) for t in (0, 99, 100, 199, 200, 999)] == [1.4, 1.4, 1.45, 1.45, 1.5, 1.5]
+    assert [s.temperature_at(t) for t in (0, 99, 100, 199, 200, 999)] == [1.4, 1.4, 1.45, 1.45,
+                                                                          1.5, 1.5]
     with pytest.raises(ValueError, match="len\\(temperatures\\) - 1 = 2"):
         StagedSchedule(temperatures=(1.4, 1.45, 1.5), boundaries=(100,))
     with pytest.raises(ValueError, match="strictly increasing"):
@@ -80,7 +89,8 @@ def test_edt_values_and_zero_entropy():
 
 
 @pytest.mark.parametrize("cls,kwargs,message", [
-    (EAD, dict(tau_min=1.7, tau_max=1.5), r"tau_min \(1.7\) must be < tau_max \(1.5\); set e.g. tau_min=0.1"),
+    (EAD, dict(tau_min=1.7, tau_max=1.5),
+     r"tau_min \(1.7\) must be < tau_max \(1.5\); set e.g. tau_min=0.1"),
     (EDT, dict(tau_min=0.0), r"tau_min \(0.0\) must be > 0"),
     (FixedTemperature, dict(temperature=-1.0), r"temperature \(-1.0\) must be > 0"),
     (LinearSchedule, dict(total_steps=0), r"total_steps \(0\) must be an integer >= 1"),
@@ -99,13 +109,15 @@ def test_registry_builds_every_name_and_rejects_unknown():
         s = build_strategy(name, **extra.get(name, {}))
         assert s.name == name
         s.load_state_dict(s.state_dict())  # every strategy round-trips its (possibly empty) state
-    with pytest.raises(ValueError, match=r"unknown temperature strategy 'greedy'; supported: \['ead'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown temperature strategy 'greedy'; supported: \['ead'"):
         build_strategy("greedy")
 
 
 @pytest.mark.parametrize("name, kwargs", [
     ("fixed", dict(temperature=1.3)), ("linear", dict(total_steps=10, t_end=1.2)),
-    ("staged", dict(boundaries=(2,), temperatures=(1.4, 0.6))), ("tampo", dict(candidates=(0.6, 0.8))),
+    ("staged", dict(boundaries=(2,), temperatures=(1.4, 0.6))),
+    ("tampo", dict(candidates=(0.6, 0.8))),
     ("ead", dict(d0=40.0)), ("edt", dict()), ("introllm", dict(hidden_size=16, tau_max=1.2))])
 def test_spec_rebuilds_the_same_strategy_from_plain_data(name, kwargs):
     """A vLLM worker process rebuilds the strategy from its spec (msgpack: lists, no tuples)."""

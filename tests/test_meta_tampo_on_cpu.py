@@ -11,7 +11,8 @@ from meta.tampo import DEFAULT_CANDIDATES, nucleus_sample
 
 
 def sparsemax_bisection(x: torch.Tensor, iters: int = 200) -> torch.Tensor:
-    """Reference: the simplex projection p = max(x - t, 0) with t solving sum p = 1, by bisection."""
+    """Reference: the simplex projection p = max(x - t, 0) with t solving sum p = 1, by
+    bisection."""
     lo, hi = x.max() - 1.0, x.max()  # sum(max(x - lo, 0)) >= 1 >= sum(max(x - hi, 0)) = 0
     for _ in range(iters):
         mid = (lo + hi) / 2
@@ -63,8 +64,10 @@ def test_update_moves_pi_toward_temperature_liked_by_positive_trajectories():
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
     stats = s.update(loglik, adv)
     # sparsemax([-1, -1.5, -3]): threshold (-2.5 - 1) / 2 = -1.75 -> [0.75, 0.25, 0]
-    # batch advantage = mean([.75,.25,0], [.75,.25,0], -[0,.25,.75], -[0,.25,.75]) = [.375, 0, -.375]
-    torch.testing.assert_close(stats["batch_advantage"], torch.tensor([0.375, 0.0, -0.375], dtype=torch.float64))
+    # batch advantage = mean([.75,.25,0], [.75,.25,0], -[0,.25,.75], -[0,.25,.75])
+    #                 = [.375, 0, -.375]
+    torch.testing.assert_close(stats["batch_advantage"],
+                               torch.tensor([0.375, 0.0, -0.375], dtype=torch.float64))
     # EMA = 0.05 * that = [.01875, 0, -.01875]; min-max -> [1, .5, 0]; / 1.5 -> [2/3, 1/3, 0]
     torch.testing.assert_close(s.ema, torch.tensor([0.01875, 0.0, -0.01875], dtype=torch.float64))
     torch.testing.assert_close(s.pi, torch.tensor([2 / 3, 1 / 3, 0.0], dtype=torch.float64))
@@ -97,7 +100,8 @@ def test_warmup_draws_uniformly_even_when_pi_is_peaked():
     s = TAMPO(warmup_steps=5, granularity="prompt", top_p=0.0)
     s.pi = torch.tensor([1.0] + [0.0] * 9, dtype=torch.float64)
     temps = s.plan(step=0, num_prompts=20_000, generator=torch.Generator().manual_seed(0))
-    counts = torch.stack([(temps == torch.tensor(c, dtype=torch.float32)).sum() for c in DEFAULT_CANDIDATES])
+    counts = torch.stack([(temps == torch.tensor(c, dtype=torch.float32)).sum()
+                          for c in DEFAULT_CANDIDATES])
     assert counts.sum() == 20_000
     assert torch.all((counts - 2000).abs() < 200)  # 2000 +- ~4.5 sigma
     s.num_updates = 5  # warm-up over: top_p = 0 -> argmax = 0.6 for every prompt

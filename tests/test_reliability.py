@@ -144,7 +144,8 @@ def test_a_checkpoint_from_another_config_is_refused_by_name():
 
 def test_truncate_metrics_drops_steps_past_the_checkpoint_and_torn_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(5)) + '{"step": 5, "x')
+    lines = "".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(5))
+    path.write_text(lines + '{"step": 5, "x')  # a torn last line
     assert truncate_metrics(path, 2) == 3
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [0, 1, 2]
 
@@ -245,7 +246,8 @@ def test_a_killed_vllm_process_restarts_the_rollout_actor_and_no_step_is_lost(
     (lambda d: d.mkdir(), "has no config.json"),
     (lambda d: (d.mkdir(), (d / "config.json").write_text("{}")), "has no weights"),
 ])
-def test_a_model_folder_that_is_not_a_model_is_refused_before_anything_starts(tmp_path, make, needle):
+def test_a_model_folder_that_is_not_a_model_is_refused_before_anything_starts(tmp_path, make,
+                                                                              needle):
     from launch.pipeline import resolve_model_path
 
     folder = tmp_path / "model"

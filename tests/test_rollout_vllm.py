@@ -18,13 +18,12 @@ import os
 import pytest
 import torch
 
-
-from launch.build_model import TinyModelSpec, build  # noqa: E402
-from tests.conftest import VLLM_SHAPES, vllm_shapes  # noqa: E402
-from meta.base import RowContext  # noqa: E402
-from meta.introllm import IntroLLM  # noqa: E402
-from meta.registry import build_strategy  # noqa: E402
-from rollout.base import RolloutRequest  # noqa: E402
+from launch.build_model import TinyModelSpec, build
+from meta.base import RowContext
+from meta.introllm import IntroLLM
+from meta.registry import build_strategy
+from rollout.base import RolloutRequest
+from tests.conftest import VLLM_SHAPES, vllm_shapes
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +171,8 @@ def test_folder_with_head_weights_loads_them_and_close_cleans_up(model_dir, tmp_
     saved = TemperatureHead(HIDDEN).state_dict()
     save_head(folder, saved)
     config_before = (folder / "config.json").read_text()
-    strategy = IntroLLM(hidden_size=HIDDEN)  # its own (different) init: the engine uses the folder's
+    # its own (different) init: the engine uses the folder's
+    strategy = IntroLLM(hidden_size=HIDDEN)
     own = copy.deepcopy(strategy.head.state_dict())
     eng = VLLMEngine(str(folder), strategy, max_model_len=MAX_LEN, max_new_tokens=8, max_num_seqs=4)
     try:
@@ -337,7 +337,8 @@ def test_each_request_keeps_its_own_base_tau_and_early_stops_happen(engine, hf):
     check_logprobs(hf, batch)
     # texts: one batch decode of the ids (vLLM's detokenizer is off), special tokens dropped
     ids = [batch.response_ids[i][mask[i]].tolist() for i in range(len(batch))]
-    assert batch.response_texts == [engine.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+    decoded = [engine.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+    assert batch.response_texts == decoded
     assert all(batch.response_texts) and len(set(batch.response_texts)) > 1
 
 
@@ -442,7 +443,8 @@ def test_theta_sync_changes_logprobs_and_restoring_returns_them(engine, hf, mode
 
     # a full sync that moves the tied embedding too (what every learner step sends): the
     # engine's packed LM head must follow, or log-probs drift from the learner's
-    everything = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=g) for k, v in theta.items()}
+    everything = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=g)
+                  for k, v in theta.items()}
     engine.load_weights(everything)
     moved = engine.generate(requests, step=0, seed=7)
     hf_moved = copy.deepcopy(hf)

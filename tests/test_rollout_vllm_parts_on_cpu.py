@@ -11,20 +11,31 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-
-from vllm import SamplingParams  # noqa: E402
-from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
-
-from meta.base import RowContext, TempDecision, TemperatureStrategy  # noqa: E402
-from meta.introllm import TemperatureHead  # noqa: E402
-from rollout.vllm_compat import check_version  # noqa: E402
-from rollout.vllm_engine import _module_of  # noqa: E402
-from rollout.vllm_model import TempoRuntime  # noqa: E402
-from rollout.vllm_overlay import (HEAD_FILE, INDEX_FILE, build_overlay, checkpoint_keys,  # noqa: E402
-                                  head_keys, save_head)
-from rollout.vllm_rows import (BASE_TAU, KEY, Row, RowMismatch, V1RowTracker,  # noqa: E402
-                               V2RowSource, find_row_source)
+from meta.base import RowContext, TempDecision, TemperatureStrategy
+from meta.introllm import TemperatureHead
+from rollout.vllm_compat import check_version
+from rollout.vllm_engine import _module_of
+from rollout.vllm_model import TempoRuntime
+from rollout.vllm_overlay import (
+    HEAD_FILE,
+    INDEX_FILE,
+    build_overlay,
+    checkpoint_keys,
+    head_keys,
+    save_head,
+)
+from rollout.vllm_rows import (
+    BASE_TAU,
+    KEY,
+    Row,
+    RowMismatch,
+    V1RowTracker,
+    V2RowSource,
+    find_row_source,
+)
 
 
 def params(key, tau=1.0):
@@ -141,7 +152,8 @@ def test_runtime_counts_bad_tau_and_row_mismatch_without_raising():
     # NaN replaced by the base tau (and reported); greedy rows always use tau = 1
     torch.testing.assert_close(out, torch.tensor([[1 / 0.9] * 4, [1.0] * 4]))
     logits = torch.ones(3, 4)
-    assert rt.on_compute_logits(torch.zeros(3, 8), logits) is logits  # mismatch: pass-through, reported
+    # mismatch: pass-through, reported
+    assert rt.on_compute_logits(torch.zeros(3, 8), logits) is logits
     res = rt.collect(["a", "g"])
     assert res["anomalies"] == {"bad_tau": 1, "row_mismatch": 1}
     assert res["records"]["g"][0][0] == 1.0
@@ -243,7 +255,8 @@ def test_overlay_adds_head_without_touching_the_folder(tmp_path, sharded):
     dst, temporary = build_overlay(src, "TempoQwen2ForCausalLM", keys, _head, tmp_path / "ov")
     assert not temporary
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
-    assert json.loads((dst / "config.json").read_text())["architectures"] == ["TempoQwen2ForCausalLM"]
+    config = json.loads((dst / "config.json").read_text())
+    assert config["architectures"] == ["TempoQwen2ForCausalLM"]
     assert (dst / "model.safetensors").is_symlink() and (dst / "tokenizer.json").is_symlink()
     assert (dst / HEAD_FILE).is_file() and not (dst / HEAD_FILE).is_symlink()
     assert checkpoint_keys(dst) == keys | set(head_keys())  # the index lists the head, if sharded
@@ -257,7 +270,8 @@ def test_overlay_reuses_its_head_and_prefers_the_folders(tmp_path):
         calls.append(1)
         return _head()
 
-    dst, _ = build_overlay(src, "TempoQwen2ForCausalLM", checkpoint_keys(src), init, tmp_path / "ov")
+    dst, _ = build_overlay(src, "TempoQwen2ForCausalLM", checkpoint_keys(src), init,
+                           tmp_path / "ov")
     first = (dst / HEAD_FILE).read_bytes()
     build_overlay(src, "TempoQwen2ForCausalLM", checkpoint_keys(src), init, tmp_path / "ov")
     assert len(calls) == 1 and (dst / HEAD_FILE).read_bytes() == first  # kept across runs
@@ -311,7 +325,8 @@ def test_tempo_class_subclasses_the_resolved_architecture():
 
 
 def test_tensors_cross_as_plain_data_and_back_exactly():
-    """What vLLM's msgpack carries between processes: only plain types, tensors rebuilt bit for bit."""
+    """What vLLM's msgpack carries between processes: only plain types, tensors rebuilt bit for
+    bit."""
     import msgspec
 
     from rollout.vllm_payload import pack, pack_state, unpack, unpack_state

@@ -92,7 +92,8 @@ def test_evaluation_plans_do_not_shift_the_training_plans():
 
 def test_equal_format_rewards_give_zero_advantage_and_count_as_zero_std():
     """reward.format_weight = 0.1: eight boxed wrong answers all score 0.1 (not exactly
-    representable), so the group has no signal: advantage exactly 0, counted by frac_reward_zero_std."""
+    representable), so the group has no signal: advantage exactly 0, counted by
+    frac_reward_zero_std."""
     w = RewardWorker(num_workers=0, format_weight=0.1)
     try:
         texts = ["\\boxed{5}"] * 8 + ["\\boxed{4}", "\\boxed{5}"]
