@@ -165,7 +165,7 @@ def _rollout_arms(args, model, prompt_ids, engines, strategies, opened) -> tuple
     import torch
 
     from launch.config import RolloutConfig
-    from meta import build_strategy
+    from meta import STRATEGIES, build_strategy
     from rollout.base import RolloutRequest
     from rollout.vllm_overlay import read_config
     from rollout.worker import build_engine
@@ -175,9 +175,9 @@ def _rollout_arms(args, model, prompt_ids, engines, strategies, opened) -> tuple
 
     def make_strategy(name):  # same seed: every engine's IntroLLM head starts identical
         torch.manual_seed(args.seed)
-        if name == "introllm":
-            return build_strategy("introllm", hidden_size=hidden)
-        return build_strategy("fixed", temperature=args.temperature)
+        if STRATEGIES[name].learns_head:  # --strategies: introllm or fixed
+            return build_strategy(name, hidden_size=hidden)
+        return build_strategy(name, temperature=args.temperature)
 
     def requests_for(strategy):
         base = strategy.plan(0, args.prompts).tolist()  # (P,) base tau per prompt
@@ -337,8 +337,7 @@ def bench_learner(args) -> dict:
     k = args.candidates
     candidates = candidate_temperatures(k)
     cfg = LearnerConfig(micro_batch_size=args.micro_batch_size, skip_zero_adv=False)
-    worker = LearnerWorker(model, cfg, PhiTrainingConfig(), head_state=strategy.head.state_dict(),
-                           head_kwargs={"hidden_size": hidden}, seed=args.seed)
+    worker = LearnerWorker(model, cfg, PhiTrainingConfig(), head=strategy.head, seed=args.seed)
 
     def theta(_):
         worker.update_theta(batch)

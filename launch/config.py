@@ -102,7 +102,8 @@ class MetaConfig:
     args: dict = field(default_factory=dict)
     """the strategy's own constructor arguments (validated by the constructor)"""
     phi: Optional[PhiTrainingConfig] = None
-    """IntroLLM only: phi-phase training settings"""
+    """phi-phase training settings; set exactly when the strategy learns a head
+    (``TemperatureStrategy.learns_head``: IntroLLM)"""
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def _meta(node) -> MetaConfig:
     cls = _strategy_class(name)
     params = inspect.signature(cls.__init__).parameters
     accepted = {p for p in params if p != "self"} - _DERIVED_META_ARGS
-    phi_keys = ({f.name for f in dataclasses.fields(PhiTrainingConfig)} if name == "introllm"
+    phi_keys = ({f.name for f in dataclasses.fields(PhiTrainingConfig)} if cls.learns_head
                 else set())
     args, phi = {}, {}
     for key, value in raw.items():
@@ -310,7 +311,7 @@ def _meta(node) -> MetaConfig:
             raise ConfigError(
                 f"meta.{key} ({value!r}) is not a setting of meta={name}; known keys: "
                 f"{', '.join(sorted(accepted | phi_keys | {'name'}))}. Check the spelling")
-    phi_cfg = _typed(PhiTrainingConfig, "meta", phi) if name == "introllm" else None
+    phi_cfg = _typed(PhiTrainingConfig, "meta", phi) if cls.learns_head else None
     return MetaConfig(name=name, args=args, phi=phi_cfg)
 
 

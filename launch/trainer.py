@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from launch.config import RunConfig, build_strategy, strategy_kwargs
+from launch.config import RunConfig, build_strategy
 from meta.phases import phase_for_step
 from rollout.base import RolloutRequest
 
@@ -150,11 +150,11 @@ class Trainer:
         self.dashboard = start_ray(run, run.rollout.num_actors + m + 2)
         if self.dashboard:
             print(f"Ray dashboard: {self.dashboard}")
-        self._make_actors(hidden, learners)
+        self._make_actors(learners)
         self._rollout_pids = ray.get([a.ping.remote() for a in self.rollout])
         print(self.placement.describe())
 
-    def _make_actors(self, hidden: int, learners: bool = True) -> None:
+    def _make_actors(self, learners: bool = True) -> None:
         import ray
 
         from launch.placement import Placement
@@ -178,16 +178,11 @@ class Trainer:
             run.learner.norm_adv_by_std, self.pad_id)
         self.meta = ray.remote(MetaWorker).options(name="meta", num_cpus=0).remote(
             self.strategy, run.seed)
-        head = getattr(self.strategy, "head", None)
-        head_state = head.state_dict() if head is not None else None
-        kw = strategy_kwargs(run, hidden)
-        head_kwargs = {k: kw[k] for k in ("hidden_size", "eps", "gate_init_prob", "beta_init",
-                                          "head_init_std") if k in kw} if head is not None else None
         addr, port = place.rendezvous()
         self.learners = [
             ray.remote(LearnerWorker).options(name=f"learner-{r}",
                                               **place.learner_options(r)).remote(
-                self.model_path, run.learner, run.meta.phi, head_state, head_kwargs,
+                self.model_path, run.learner, run.meta.phi, self.strategy.head,
                 run.trainer.total_steps, rank=r, world_size=m, master_addr=addr,
                 master_port=port, dtype=run.model.dtype, seed=run.seed)
             for r in range(m if learners else 0)]
@@ -196,7 +191,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def phase(self, step: int) -> str:
-        if self.run.meta.name != "introllm":
+        if self.run.meta.phi is None:  # the strategy learns no head
             return "theta"
         phi = self.run.meta.phi
         return phase_for_step(step, phi.schedule, phi.phase_len, phi.phi_first)
@@ -291,7 +286,7 @@ class Trainer:
         engines = self.rollout if engines is None else engines
         full = which == "full"
         if full:
-            which = "all" if self.run.meta.name == "introllm" else "theta"
+            which = "theta" if self.run.meta.phi is None else "all"
         weights = [lr.get_weights.remote(which) for lr in self.learners][0]
         return ray.get([(a.load_all_weights if full else a.load_weights).remote(weights)
                         for a in engines])

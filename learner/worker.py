@@ -41,6 +41,7 @@ d hidden, K candidate temperatures. Heavy imports (deepspeed, transformers) happ
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -124,15 +125,15 @@ class _HeadLogProb(nn.Module):
 
 class LearnerWorker:
     def __init__(self, model_path: str, cfg: LearnerConfig, phi: PhiTrainingConfig | None = None,
-                 head_state: dict | None = None, head_kwargs: dict | None = None,
-                 total_steps: int = 1, rank: int = 0, world_size: int = 1,
+                 head: TemperatureHead | None = None, total_steps: int = 1, rank: int = 0,
+                 world_size: int = 1,
                  master_addr: str = "127.0.0.1", master_port: int = 29500,
                  dtype: str = "float32", seed: int = 0):
         """Load theta from `model_path` and build its DeepSpeed engine (+ phi's when `phi` is set).
 
-        head_state: TemperatureHead state dict (the rollout strategy's, so that behaviour and
-        learner heads agree); head_kwargs: TemperatureHead arguments (hidden_size defaults to the
-        model's). total_steps is kept for schedules that decay; the constant schedule ignores it.
+        head: the strategy's head (``strategy.head``; required with `phi`): the learner trains a
+        copy, so that behaviour and learner heads start equal. total_steps is kept for schedules
+        that decay; the constant schedule ignores it.
         world_size 1 ignores master_port and rendezvous on a free port.
         """
         from transformers import AutoModelForCausalLM
@@ -160,11 +161,10 @@ class LearnerWorker:
             self.ref.eval().requires_grad_(False).to(self.device)
         self.phi = None
         if phi is not None:
-            kw = dict(head_kwargs or {})
-            kw.setdefault("hidden_size", model.config.hidden_size)
-            head = TemperatureHead(**kw)
-            if head_state is not None:
-                head.load_state_dict(head_state)
+            if head is None:
+                raise ValueError("phi-phase training needs the strategy's temperature head: pass "
+                                 "head=strategy.head (a strategy with learns_head)")
+            head = copy.deepcopy(head).float()
             # the head is ~0.1 % of the parameters: replicated (stage 0) on every rank, fp32
             self.phi = ds_utils.build_engine(
                 _HeadLogProb(head), phi.lr, phi.weight_decay,

@@ -73,8 +73,19 @@ class TemperatureStrategy:
     needs_hidden: bool = False
     needs_logits: bool = False
     head = None
-    """the learned temperature head (`meta.introllm.TemperatureHead`) of a strategy that owns
-    one (its weights are trained by the learner and synced to the engines), else None"""
+    """the learned temperature head of a strategy that owns one, else None: a
+    `meta.introllm.TemperatureHead` over the model's hidden size (vLLM's model holds one of that
+    layout; the learner trains a copy by its `log_prob` of the recorded gate and z)"""
+    learns_head: bool = False
+    """True: every instance owns a `head` that the learner trains in phi phases, so its `meta`
+    config takes the phi-phase settings (`learner.config.PhiTrainingConfig`) too"""
+    candidates = None
+    """(K,) candidate temperatures the learners score every trajectory under (TAMPO's l_k,
+    which `update` learns from), else None"""
+    temperature_modes: tuple[str, ...] = ()
+    """the modes `set_temperature_mode` accepts ("sample": draw, "mean": the mean action, the
+    evaluation option `eval.temperature_mode=mean`); empty: no such option, it samples as in
+    training"""
 
     def __new__(cls, *args, **kwargs):
         obj = super().__new__(cls)
@@ -88,6 +99,12 @@ class TemperatureStrategy:
         """{"name": ..., "kwargs": {...}}: what rebuilds this strategy (learned state excluded;
         a head's weights travel with the model's, see `rollout.vllm_engine`)."""
         return {"name": self.name, "kwargs": {k: _plain(v) for k, v in self._init_kwargs.items()}}
+
+    def set_temperature_mode(self, mode: str) -> None:
+        """Make `select` draw in `mode` (one of `temperature_modes`) from now on; `spec()` must
+        carry the mode (vLLM's workers rebuild the strategy from it)."""
+        raise ValueError(f"{type(self).__name__} has no temperature mode (got {mode!r}); only "
+                         f"strategies with temperature_modes accept one")
 
     def temperature_at(self, step: int) -> float:
         """The scalar temperature of a per-request schedule at training `step`."""
@@ -107,10 +124,13 @@ class TemperatureStrategy:
         return {}
 
     def state_dict(self) -> dict:
-        return {}
+        """The learned state; a head-owning strategy's default: its head's weights."""
+        return {} if self.head is None else self.head.state_dict()
 
     def load_state_dict(self, sd: dict) -> None:
-        if sd:
+        if self.head is not None:
+            self.head.load_state_dict(sd)
+        elif sd:
             raise ValueError(f"{type(self).__name__} has no state but got keys {sorted(sd)}; "
                              f"load a checkpoint written by the same strategy")
 

@@ -145,6 +145,8 @@ class IntroLLM(TemperatureStrategy):
     name = "introllm"
     per_token = True
     needs_hidden = True
+    learns_head = True
+    temperature_modes = ("sample", "mean")
 
     def __init__(self, hidden_size: int,
                  tau_min: float = 0.5,  # (our default)
@@ -167,6 +169,10 @@ class IntroLLM(TemperatureStrategy):
         if mode not in ("sample", "mean"):
             raise ValueError(f"temperature_mode ({mode!r}) must be 'sample' or 'mean'; "
                              f"set e.g. temperature_mode='sample'")
+
+    def set_temperature_mode(self, mode: str) -> None:
+        self._check_mode(mode)
+        self.temperature_mode = mode
 
     def temperature_at(self, step: int) -> float:
         return self.tau_init
@@ -208,9 +214,3 @@ class IntroLLM(TemperatureStrategy):
         spec = super().spec()
         spec["kwargs"]["temperature_mode"] = self.temperature_mode  # may change after __init__
         return spec
-
-    def state_dict(self) -> dict:
-        return self.head.state_dict()
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.head.load_state_dict(sd)

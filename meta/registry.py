@@ -1,7 +1,9 @@
 """Build a temperature strategy by name: the one place a config string becomes a strategy object.
 
 Names: fixed, linear, staged, ead, edt, tampo, introllm (docs/algorithms.md §2-§4). The keyword
-arguments are the strategy's constructor arguments, passed through unchanged.
+arguments are the strategy's constructor arguments, passed through unchanged. Another strategy
+is added as ``STRATEGIES[cls.name] = cls`` in every process that builds it by name (the run's
+driver and actors; vLLM's workers rebuild it from its spec).
 """
 
 from __future__ import annotations

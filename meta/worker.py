@@ -19,7 +19,7 @@ class MetaWorker:
     @property
     def candidates(self) -> list[float] | None:
         """TAMPO's candidate temperatures (the learners compute ℓ_k for them), else None."""
-        c = getattr(self.strategy, "candidates", None)
+        c = self.strategy.candidates
         return None if c is None else [float(t) for t in c]
 
     def get_candidates(self) -> list[float] | None:
@@ -33,7 +33,7 @@ class MetaWorker:
     def update(self, *rank_inputs: dict | None) -> dict[str, float]:
         """Learn from one step: each learner rank's {'loglik': (b, K), 'advantages': (b,)}."""
         inputs = [x for x in rank_inputs if x]
-        if not inputs or not hasattr(self.strategy, "candidates"):
+        if not inputs or self.strategy.candidates is None:
             return {}
         loglik = torch.cat([x["loglik"] for x in inputs])  # (B, K)
         adv = torch.cat([x["advantages"] for x in inputs])  # (B,)

@@ -97,10 +97,11 @@ class RolloutWorker:
         return seconds
 
     def set_temperature_mode(self, mode: str) -> None:
-        """IntroLLM evaluation option: 'sample' (draw z) or 'mean' (Beta mean)."""
+        """Evaluation option: 'sample' (draw) or 'mean' (the mean action), for a strategy with
+        that mode (``strategy.temperature_modes``); the others sample as always."""
         strategy = self.engine.strategy
-        if hasattr(strategy, "temperature_mode"):
-            strategy.temperature_mode = mode
+        if mode in strategy.temperature_modes:
+            strategy.set_temperature_mode(mode)
             self.engine.set_strategy(strategy)  # the vLLM engine's workers rebuild it from its spec
 
     def ping(self) -> int:

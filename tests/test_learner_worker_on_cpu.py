@@ -7,6 +7,7 @@ scale (forgotten x world_size, a per-micro-batch denominator) shows in the norm.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -15,14 +16,12 @@ import torch
 from launch.config import LearnerConfig, PhiTrainingConfig
 from learner.core_algos import compute_grpo_advantages
 from learner.worker import LearnerWorker, informative_rows
-from meta import TemperatureHead
 from rollout.hf_engine import HFEngine
 from tests.test_rollout_hf_on_cpu import make_requests, strategy
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # ZeRO-3's gloo collectives
 
 CANDIDATES = [0.6, 0.8, 1.0, 1.2, 1.5]
-HEAD_KW = dict(eps=1e-3)  # the strategy's TemperatureHead arguments (defaults elsewhere)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +56,8 @@ def batch(engine):
 
 def make_worker(model_dir, engine, phi_lr=1e-2, **cfg):
     cfg = {"lr": 1e-3, "micro_batch_size": 4, **cfg}
-    head = engine.strategy.head.state_dict()
     return LearnerWorker(str(model_dir), LearnerConfig(**cfg), PhiTrainingConfig(lr=phi_lr),
-                         head_state=head, head_kwargs=HEAD_KW, total_steps=10)
+                         head=engine.strategy.head, total_steps=10)
 
 
 def naive_logits(model, batch):
@@ -158,7 +156,7 @@ def test_phi_step_changes_only_the_head_and_favours_good_temperature_actions(
     forced[:, 0] = True
     logps = []
     for sd in (phi0, phi1):
-        head = TemperatureHead(engine.model.config.hidden_size, **HEAD_KW)
+        head = copy.deepcopy(engine.strategy.head)
         head.load_state_dict({k.removeprefix("temperature_head."): v for k, v in sd.items()})
         with torch.no_grad():
             logps.append(head.log_prob(hidden, batch.gate, batch.z, forced))
@@ -208,7 +206,7 @@ def test_get_weights_load_into_fresh_models(tiny_model_dir, engine, batch):
     phi = w.get_weights("phi")
     names = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
     assert set(phi) == {f"temperature_head.{k}" for k in names}
-    head = TemperatureHead(engine.model.config.hidden_size, **HEAD_KW)
+    head = copy.deepcopy(engine.strategy.head)
     head.load_state_dict({k.removeprefix("temperature_head."): v for k, v in phi.items()})
     assert torch.equal(head(hidden), w.phi.module.temperature_head(hidden))
     assert set(w.get_weights("all")) == set(phi) | set(w.get_weights("theta"))
@@ -374,11 +372,11 @@ def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engi
 
     ray = ray_local
     cfg = dict(lr=1e-3, micro_batch_size=3, mini_batches=2, zero_stage=2)
-    head = engine.strategy.head.state_dict()
+    head = engine.strategy.head
     port = free_port()
     Actor = ray.remote(num_cpus=1)(LearnerWorker)
     ranks = [Actor.remote(str(tiny_model_dir), LearnerConfig(**cfg), PhiTrainingConfig(lr=1e-2),
-                          head, HEAD_KW, 10, r, 2, "127.0.0.1", port) for r in range(2)]
+                          head, 10, r, 2, "127.0.0.1", port) for r in range(2)]
     halves = batch.split(2)
     olds = ray.get([a.compute_old_logprobs.remote(h) for a, h in zip(ranks, halves)])
     theta_stats = ray.get([a.update_theta.remote(h, o) for a, h, o in zip(ranks, halves, olds)])
