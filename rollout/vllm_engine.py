@@ -114,7 +114,7 @@ class VLLMEngine:
                 raise RuntimeError(f"vLLM chose model runner {'V2' if not use_v2 else 'V1'} after "
                                    f"the engine prepared for {self.shape['runner']}; set runner=v1 "
                                    f"or runner=v2 explicitly")
-            self._bound = self._rpc_all("tempo_bind", strategy.spec(), seed)
+            self._rpc_all("tempo_bind", strategy.spec(), seed)
         except BaseException:
             self.close()
             raise

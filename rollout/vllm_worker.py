@@ -37,7 +37,7 @@ class TempoWorkerExtension:
                                f"class; load it through rollout.vllm_engine.VLLMEngine")
         return model
 
-    def tempo_bind(self, spec: dict, seed: int = 0) -> dict:
+    def tempo_bind(self, spec: dict, seed: int = 0) -> None:
         """Drive sampling with the strategy of ``spec`` from now on; a head-owning strategy
         samples with the model's head (its weights: the checkpoint's, then the weight syncs)."""
         model = self._tempo_model()
@@ -52,8 +52,6 @@ class TempoWorkerExtension:
                 rows.runtime = runtime
         else:  # keep the row source (it follows the live batch); swap the strategy
             runtime.strategy = strategy
-        return {"hidden_size": model.temperature_head.fc1.in_features, "tp_rank": _tp_rank(),
-                "runner": type(runtime.rows).__name__}
 
     def tempo_begin(self, step: int, seed: int | None, seed_global: bool = False) -> None:
         self._tempo_model().tempo_runtime.begin(step, seed, seed_global)
