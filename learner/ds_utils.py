@@ -57,6 +57,10 @@ def init_distributed(rank: int = 0, world_size: int = 1, master_addr: str = "127
                 f"{dist.get_world_size()}, but a learner asked for rank {rank} of {world_size}; "
                 f"run each learner rank in its own process (one Ray actor per rank)")
         return dist.get_backend()
+    # DeepSpeed caches a clone of the world group; if another library in this process (vLLM's
+    # in-process engine on close) destroyed the group it cloned, that clone is dead: drop it
+    from deepspeed.utils import groups
+    groups._WORLD_GROUP = None
     if master_port is None:
         master_port = free_port() if world_size == 1 else 29500
     local_rank = rank % torch.cuda.device_count() if cuda and torch.cuda.device_count() > 1 else 0

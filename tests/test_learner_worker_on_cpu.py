@@ -417,3 +417,18 @@ def test_dual_clip_reaches_both_phases_and_logs_the_share_it_caps(tiny_model_dir
     off = make_worker(tiny_model_dir, engine)
     assert "actor/pg_clipfrac_lower" not in off.update_theta(batch, off.compute_old_logprobs(batch))
     assert "phi/pg_clipfrac_lower" not in off.update_phi(shifted)
+
+
+def test_a_learner_builds_after_another_library_destroyed_the_process_group(tiny_model_dir,
+                                                                             engine):
+    """vLLM's in-process engine destroys torch.distributed on close; DeepSpeed's cached clone of
+    the old world group must not outlive it (it did: 'Group ... is not registered')."""
+    import torch.distributed as dist
+
+    make_worker(tiny_model_dir, engine)
+    assert dist.is_initialized()
+    dist.destroy_process_group()
+    worker = make_worker(tiny_model_dir, engine)
+    assert dist.is_initialized()
+    assert set(params(worker, "phi")) == {f"temperature_head.{k}"
+                                          for k in engine.strategy.head.state_dict()}
