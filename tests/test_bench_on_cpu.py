@@ -1,5 +1,5 @@
-"""launch.bench: the shared timing helpers (launch.bench_harness, hand-checked), and tiny real
-runs of every benchmark."""
+"""launch.bench: the shared timing helpers (launch.bench.harness, hand-checked), tiny real runs
+of every benchmark through the command line (launch.bench.__main__), and its --help."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from launch.bench import head_cost_note, main
-from launch.bench_harness import Arm, Table, compare, interleaved, quantile, schedule, summarize
+from launch.bench.__main__ import SUBCOMMANDS, main
+from launch.bench.harness import Arm, Table, compare, interleaved, quantile, schedule, summarize
+from launch.bench.rollout import head_cost_note
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -91,6 +92,20 @@ def test_table_aligns_numbers_right_and_text_left():
     assert lines[4] == "hf            412      400 - 420"
     with pytest.raises(ValueError, match="2 cells"):
         t.add("x", "1")
+
+
+def test_help_lists_every_benchmark_and_each_has_its_own(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m launch.bench")
+    names = ("rollout", "learner", "trl", "gpu")
+    assert len(SUBCOMMANDS) == len(names) and all(name in text for name in names)
+    for name in names:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert f"python -m launch.bench {name}" in capsys.readouterr().out
 
 
 def test_unknown_engine_is_refused():

@@ -21,7 +21,7 @@ ENTRY_MODULES = {
     "launch.run": "python -m launch.run: the Hydra training entry point",
     "launch.evaluate": "python -m launch.evaluate: held-out evaluation of a checkpoint",
     "launch.compare": "python -m launch.compare: strategies x seeds, one run each",
-    "launch.bench": "python -m launch.bench <name>: the benchmarks",
+    "launch.bench.__main__": "python -m launch.bench <name>: the benchmarks",
 }
 """Modules whose product is their command line: no project module may import them."""
 
@@ -33,8 +33,11 @@ LIBRARY_CLIS = {
 }
 """Modules with a ``__main__`` block that are libraries first: importing them is fine."""
 
-BENCH_PARTS = {"launch.bench_gpu", "launch.bench_trl"}
-"""Subcommands of ``python -m launch.bench``: imported by it alone."""
+BENCH_MAIN = "launch.bench.__main__"
+BENCH_PARTS = {"launch.bench.rollout", "launch.bench.learner", "launch.bench.trl",
+               "launch.bench.gpu"}
+"""Subcommands of ``python -m launch.bench``: imported by its ``__main__`` alone (the shared
+helpers are ``launch.bench.harness``)."""
 
 LEAF_FOR_ALL = {"launch.checks"}
 """Imported from every layer (ConfigError, require); imports no project module itself."""
@@ -232,8 +235,11 @@ def test_entry_modules_are_imported_by_no_module():
            if e.dst in ENTRY_MODULES and not e.in_main_block]
     assert not bad, "entry modules imported:\n" + "\n".join(
         f"  {e.where}: {e.src} imports {e.dst}" for e in bad)
+    in_bench = {m for m in modules if m.startswith("launch.bench.")}
+    assert in_bench == BENCH_PARTS | {BENCH_MAIN, "launch.bench.harness"}, (
+        "launch/bench/ gained or lost a module: list a subcommand in BENCH_PARTS")
     parts = [e for es in graph.values() for e in es
-             if e.dst in BENCH_PARTS and e.src != "launch.bench"]
+             if e.dst in BENCH_PARTS and e.src != BENCH_MAIN]
     assert not parts, [f"{e.where}: {e.src} imports {e.dst}" for e in parts]
 
 

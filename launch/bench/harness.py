@@ -1,6 +1,7 @@
-"""The benchmarks' shared harness (``python -m launch.bench``; ``launch.bench_trl``,
-``launch.bench_gpu``): interleaved timing of arms, order statistics, paired ratios, plain-text
-tables, the machine's description, JSON output. No heavy imports.
+"""The benchmarks' shared harness (every ``python -m launch.bench`` subcommand: ``rollout``,
+``learner``, ``trl``, ``gpu``): interleaved timing of arms, order statistics, paired ratios,
+plain-text tables, the machine's description, JSON output, and the inputs the benchmarks share
+(eval prompts, TAMPO candidate temperatures). No heavy imports at module level.
 """
 
 from __future__ import annotations
@@ -246,3 +247,16 @@ class MethodClock:
 def candidate_temperatures(k: int) -> list[float]:
     """K TAMPO candidates evenly spaced over [0.6, 1.5] (the default candidate range)."""
     return [round(0.6 + 0.9 * i / max(1, k - 1), 4) for i in range(k)]
+
+
+def eval_prompt_ids(model: str, prompts: int, seed: int, max_prompt_tokens: int) -> list[list[int]]:
+    """``prompts`` eval-split synthetic problems in the model's chat template, token ids kept to
+    the last ``max_prompt_tokens`` (as the trainer truncates prompts)."""
+    from transformers import AutoTokenizer
+
+    from data.prompts import render_prompt
+    from data.synthetic import generate
+
+    tok = AutoTokenizer.from_pretrained(model)
+    return [tok(render_prompt(p, tok))["input_ids"][-max_prompt_tokens:]
+            for p in generate(prompts, "eval", seed=seed)]

@@ -100,7 +100,7 @@ def _timer(device):
 
 
 def _median(xs: list[float]) -> float:
-    from launch.bench_harness import summarize
+    from launch.bench.harness import summarize
 
     return summarize(xs).median
 
@@ -252,7 +252,7 @@ def bench_lk(args, device, timed) -> dict:
     ids = torch.randint(0, V, (B, S + 1), generator=g).to(device)
     tau = (torch.rand(B, S, generator=g) * 0.9 + 0.6).to(device)
     mask = torch.ones(B, S, dtype=torch.bool, device=device)
-    from launch.bench_harness import candidate_temperatures
+    from launch.bench.harness import candidate_temperatures
 
     cands = candidate_temperatures(args.candidates)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=device.type == "cuda")
@@ -285,7 +285,7 @@ def bench_lk(args, device, timed) -> dict:
 def bench_gpu(args) -> dict:
     import torch
 
-    from launch.bench_harness import Table, machine_info, print_block, print_tables
+    from launch.bench.harness import Table, machine_info, print_block, print_tables
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and not args.tiny:

@@ -33,7 +33,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (conf/ is read from there)
 
 
 def add_trl_parser(sub) -> None:
@@ -156,7 +156,7 @@ def build_trl(args, run, model_path: str, train, out_dir: str):
     verifier.__name__ = "correctness"
     trainer = GRPOTrainer(model=model, reward_funcs=[verifier], args=cfg,
                           train_dataset=Dataset.from_list(rows), processing_class=tok)
-    from launch.bench_harness import MethodClock
+    from launch.bench.harness import MethodClock
 
     clock = MethodClock()
     clock.wrap(trainer, "_generate", "gen", count_tokens=lambda out: sum(len(c) for c in out[1]))
@@ -180,7 +180,7 @@ def bench_trl(args) -> dict:
                          "pip install -e '.[bench]'") from None
     import torch
 
-    from launch.bench_harness import (
+    from launch.bench.harness import (
         Arm,
         Table,
         interleaved,

@@ -1,33 +1,22 @@
-"""Benchmarks: ``python -m launch.bench <name> [options]``; each prints the machine, its settings
-and a results table, and writes everything as JSON with ``--out FILE``.
-
-    python -m launch.bench rollout                         # embedded model, vLLM + transformers
-    python -m launch.bench learner                         # theta vs phi step, TAMPO l_k share
-    python -m launch.bench trl                             # s/step: this system vs TRL GRPOTrainer
-    python -m launch.bench gpu --out results/gpu.json      # GPU sizes: MFU, head, bf16, l_k
-    python -m launch.bench rollout --engines hf --reps 3 --prompts 16 --out bench.json
-
-``rollout``: tokens/s of the rollout engines on the same requests (P prompts x G responses):
+"""``python -m launch.bench rollout``: tokens/s of the rollout engines on the same requests (P
+prompts x G responses):
 
 * the IntroLLM head vs a fixed temperature in the SAME engine instance (the strategy is swapped
   with ``set_strategy`` between repetitions), target: the head costs <= 2 % of tokens/s;
 * vLLM vs transformers on the same requests, per strategy (fixed: the plain engine comparison);
+* the vLLM engine's shapes (``vllm-process``: engine core in its own process, ``vllm-tp2``: two
+  tensor-parallel ranks) against the default in-process one;
 * the share of generate time spent in ``strategy.select`` (the head's forward, its draws, log pi).
 
-How the numbers are taken (``interleaved``): one uncounted warm-up round runs every arm, then
-``--reps`` rounds run every arm once each, in the order A B C, C B A, A B C, ... (a linear drift
-of a shared machine's load hits every arm alike); every arm of a round uses the same seed. Each
-arm reports the median tokens/s with min-max and IQR over rounds; a comparison reports the ratio
-of medians and the median (min-max) of the per-round ratios, which pairs arms run seconds apart.
-Tokens/s counts generated tokens (EOS included) over the wall time of ``engine.generate``, and
-again over this process's CPU time (``time.process_time``): on a shared machine other work steals
-wall time from single arms, much less so CPU time (``cpu/wall`` < 1 shows the theft).
-
-Adding a benchmark: write ``add_<name>_parser(sub)`` (options, ``set_defaults(func=...)``) and a
-``bench_<name>(args) -> dict`` that returns ``{"settings", "arms"/"results", ...}``, and list the
-adder in ``SUBCOMMANDS``. Heavy imports (torch, transformers, vllm) stay inside ``bench_<name>``.
-The timing helpers (``interleaved``, ``summarize``, ``Table``, ...) are ``launch.bench_harness``;
-``trl`` and ``gpu`` live in ``launch.bench_trl`` and ``launch.bench_gpu``.
+How the numbers are taken (``launch.bench.harness.interleaved``): one uncounted warm-up round
+runs every arm, then ``--reps`` rounds run every arm once each, in the order A B C, C B A,
+A B C, ... (a linear drift of a shared machine's load hits every arm alike); every arm of a round
+uses the same seed. Each arm reports the median tokens/s with min-max and IQR over rounds; a
+comparison reports the ratio of medians and the median (min-max) of the per-round ratios, which
+pairs arms run seconds apart. Tokens/s counts generated tokens (EOS included) over the wall time
+of ``engine.generate``, and again over this process's CPU time (``time.process_time``): on a
+shared machine other work steals wall time from single arms, much less so CPU time (``cpu/wall``
+< 1 shows the theft).
 """
 
 from __future__ import annotations
@@ -35,26 +24,19 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Sequence
 
-from launch.bench_gpu import add_gpu_parser
-from launch.bench_harness import (
+from launch.bench.harness import (
     Arm,
     Table,
-    candidate_temperatures,
     compare,
+    eval_prompt_ids,
     fmt_rate,
     interleaved,
     machine_info,
     print_block,
-    print_tables,
     rates,
     summarize,
-    write_json,
 )
-from launch.bench_trl import add_trl_parser
-
-# ----------------------------------------------------------------------------- rollout
 
 
 def add_rollout_parser(sub) -> None:
@@ -112,7 +94,7 @@ def bench_rollout(args) -> dict:
     from launch.build_model import ensure_tiny_model
 
     model = str(args.model or ensure_tiny_model())
-    prompt_ids = _prompt_ids(model, args)
+    prompt_ids = eval_prompt_ids(model, args.prompts, args.seed, args.max_prompt_tokens)
     settings = {"model": model, "engines": engines, "strategies": strategies,
                 "prompts": args.prompts, "group": args.group,
                 "responses": args.prompts * args.group, "max_new_tokens": args.max_new_tokens,
@@ -145,18 +127,6 @@ def bench_rollout(args) -> dict:
           f"{machine['load_avg_1m_end']}\n")
     print(_rollout_tables(result))
     return result
-
-
-def _prompt_ids(model: str, args) -> list[list[int]]:
-    """P eval-split prompts in the model's chat template, truncated as the trainer does."""
-    from transformers import AutoTokenizer
-
-    from data.prompts import render_prompt
-    from data.synthetic import generate
-
-    tok = AutoTokenizer.from_pretrained(model)
-    return [tok(render_prompt(p, tok))["input_ids"][-args.max_prompt_tokens:]
-            for p in generate(args.prompts, "eval", seed=args.seed)]
 
 
 def _rollout_arms(args, model, prompt_ids, engines, strategies, opened) -> tuple[list, dict]:
@@ -277,142 +247,3 @@ def head_cost_note(paired: dict, limit: float = 2.0) -> str:
         verdict = (f"{'met' if cost <= limit else 'missed'} at the median, "
                    f"rounds {best:+.1f} to {worst:+.1f} %")
     return f"head costs {cost:+.1f} % (target <= {limit:g} %: {verdict})"
-
-
-# ----------------------------------------------------------------------------- learner
-
-
-def add_learner_parser(sub) -> None:
-    p = sub.add_parser("learner", help="learner step costs: theta vs phi phase, TAMPO's l_k share",
-                       description="One DeepSpeed learner (CPU) on a batch the transformers engine "
-                       "generates with the IntroLLM head, timed in interleaved rounds: the theta "
-                       "step (one pass: the update's forward gives the old log-probs, the default "
-                       "with learner.mini_batches=1), the theta step with a separate old-log-prob "
-                       "pass (mini_batches > 1), the phi step (update of the head only), "
-                       "and the old-log-prob pass with and without TAMPO's l_k for K candidates. "
-                       "Targets: l_k <= 5 % of a learner step; a phi step well under half a "
-                       "theta step.")
-    p.add_argument("--model", default=None, help="local HF folder (default: the embedded model)")
-    p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--group", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--candidates", type=int, default=10, help="K TAMPO temperatures in [0.6, 1.5]")
-    p.add_argument("--micro-batch-size", type=int, default=16)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.set_defaults(func=bench_learner)
-
-
-def bench_learner(args) -> dict:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from launch.build_model import ensure_tiny_model
-    from launch.config import LearnerConfig, PhiTrainingConfig
-    from learner.core_algos import compute_grpo_advantages
-    from learner.worker import LearnerWorker
-    from meta import build_strategy
-    from rollout.base import RolloutRequest
-    from rollout.hf_engine import HFEngine
-
-    model = str(args.model or ensure_tiny_model())
-    prompt_ids = _prompt_ids(model, argparse.Namespace(prompts=args.prompts, seed=args.seed,
-                                                       max_prompt_tokens=128))
-    from transformers import AutoConfig
-
-    hidden = AutoConfig.from_pretrained(model).hidden_size
-    torch.manual_seed(args.seed)
-    strategy = build_strategy("introllm", hidden_size=hidden)
-    engine = HFEngine.from_path(model, strategy, max_new_tokens=args.max_new_tokens, batch_size=256)
-    reqs = [RolloutRequest(ids, g, 1.0) for g, ids in enumerate(prompt_ids)
-            for _ in range(args.group)]
-    batch = engine.generate(reqs, seed=args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    batch.rewards = torch.randint(0, 2, (len(batch),), generator=gen).float()
-    batch.advantages = compute_grpo_advantages(batch.rewards, batch.group_index)
-    tokens = int(batch.response_mask.sum())
-    k = args.candidates
-    candidates = candidate_temperatures(k)
-    cfg = LearnerConfig(micro_batch_size=args.micro_batch_size, skip_zero_adv=False)
-    worker = LearnerWorker(model, cfg, PhiTrainingConfig(), head=strategy.head, seed=args.seed)
-
-    def theta(_):
-        worker.update_theta(batch)
-        return {"tokens": tokens}
-
-    def theta_two_pass(_):
-        worker.update_theta(batch, worker.compute_old_logprobs(batch))
-        return {"tokens": tokens}
-
-    def phi(_):
-        worker.update_phi(batch)
-        return {"tokens": tokens}
-
-    def old(_):
-        worker.compute_old_logprobs(batch)
-        return {"tokens": tokens}
-
-    def old_lk(_):
-        worker.compute_old_logprobs(batch, candidates)
-        return {"tokens": tokens}
-
-    arms = [Arm("theta step", theta), Arm("theta step, separate old pass", theta_two_pass),
-            Arm("phi step", phi), Arm("old logp", old),
-            Arm("old logp + l_k", old_lk)]
-    settings = {"model": model, "responses": len(batch), "response_tokens": tokens,
-                "candidates": k, "micro_batch_size": args.micro_batch_size, "reps": args.reps,
-                "warmup": args.warmup}
-    machine = machine_info()
-    print_block("machine", machine)
-    print_block("settings", settings)
-    samples = interleaved(arms, args.reps, args.warmup, progress=print)
-    med = {name: summarize([x["seconds"] for x in v]).median for name, v in samples.items()}
-    lk_s = max(0.0, med["old logp + l_k"] - med["old logp"])
-    ratios = {"l_k / theta step": lk_s / med["theta step"],
-              "phi step / theta step": med["phi step"] / med["theta step"],
-              "theta step / with separate old pass":
-                  med["theta step"] / med["theta step, separate old pass"]}
-    table = Table(["arm", "reps", "s median", "s min-max", "tokens/s"],
-                  title="learner work per batch (interleaved rounds)")
-    for name, v in samples.items():
-        sm = summarize([x["seconds"] for x in v])
-        table.add(name, sm.n, f"{sm.median:.3f}", f"{sm.min:.3f} - {sm.max:.3f}",
-                  fmt_rate(tokens / sm.median))
-    out = Table(["ratio (median seconds)", "value", "target"], title="ratios")
-    out.add("TAMPO l_k (K=%d) / theta step" % k, f"{100 * ratios['l_k / theta step']:.1f} %",
-            "<= 5 %")
-    out.add("phi step / theta step", f"{100 * ratios['phi step / theta step']:.1f} %",
-            "well under 50 %")
-    out.add("theta step: one pass / separate old pass",
-            f"{100 * ratios['theta step / with separate old pass']:.1f} %", "")
-    print_tables(table, out)
-    return {"benchmark": "learner", "machine": machine, "settings": settings,
-            "median_seconds": med, "ratios": ratios, "samples": samples}
-
-
-# ----------------------------------------------------------------------------- entry point
-
-SUBCOMMANDS = (add_rollout_parser, add_learner_parser, add_trl_parser, add_gpu_parser)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="<benchmark>")
-    for add in SUBCOMMANDS:
-        add(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    result = args.func(args)
-    write_json(getattr(args, "out", None), result)
-    return result
-
-
-if __name__ == "__main__":
-    main()
