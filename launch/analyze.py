@@ -28,6 +28,7 @@ import json
 import math
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 MIN_COUNT = 20  # occurrences a token needs to enter the highest-τ ranking
@@ -195,132 +196,180 @@ def _plt():
     return plt
 
 
+NO_DUMPS = "no rollout dumps (trainer.dump_every=0)"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the figures are drawn from: the run folder, its metrics, and its dumps from step
+    ``half`` on (the second half of the run)."""
+
+    run_dir: Path
+    metrics: list[dict]
+    half: int
+    dumps: list[dict]
+
+
+# Each figure function returns the figure, or a string: why it is not drawn (a line of the
+# report), or None: nothing to draw and nothing to say (e.g. no metrics logged yet).
+
+
+def plot_tau_by_level(plt, run: _Run):
+    if not run.dumps:
+        return NO_DUMPS
+    levels = tau_by_level(run.dumps)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = list(levels)
+    ax.errorbar(xs, [levels[x][0] for x in xs], yerr=[levels[x][1] for x in xs], fmt="o-",
+                capsize=4)
+    ax.set(xlabel="difficulty level", ylabel="τ (mean ± std)", xticks=xs,
+           title=f"τ by level (dumps from step {run.half})")
+    return fig
+
+
+def plot_tau_along_response(plt, run: _Run):
+    if not run.dumps:
+        return NO_DUMPS
+    ex = example_response(run.dumps)
+    pos = tau_by_position(run.dumps)
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.5))
+    if ex is not None:
+        toks = ex.get("tokens") or [str(t) for t in ex["token_ids"]]
+        axes[0].bar(range(len(ex["tau"])), ex["tau"], color="tab:orange")
+        axes[0].set_xticks(range(len(toks)))
+        axes[0].set_xticklabels([t.replace("\n", "\\n") for t in toks], rotation=90, fontsize=7)
+        axes[0].set(ylabel="τ", title=f"one response (L{ex['level']}, correct): τ per token")
+    axes[1].plot([p[0] for p in pos])
+    axes[1].set(xlabel="position in response", ylabel="mean τ", title="mean τ by position")
+    return fig
+
+
+def plot_top_tau_tokens(plt, run: _Run):
+    top = top_tau_tokens(run.dumps) if run.dumps else []
+    if not top:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.barh([repr(t[0]) for t in top][::-1], [t[1] for t in top][::-1])
+    ax.set(xlabel="mean τ", title=f"tokens with the highest τ (≥ {MIN_COUNT} uses)")
+    return fig
+
+
+def plot_tau_over_steps(plt, run: _Run):
+    if not series(run.metrics, "tau/mean")[0]:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, style in (("tau/mean", "-"), ("tau/min", ":"), ("tau/max", ":")):
+        axes[0].plot(*series(run.metrics, key), style, label=key.split("/")[1])
+    axes[0].set(xlabel="step", ylabel="τ", title="τ over training")
+    axes[0].legend()
+    for lvl in range(1, 6):
+        sx, sy = series(run.metrics, f"tau/mean_L{lvl}")
+        if sx:
+            axes[1].plot(sx, sy, label=f"L{lvl}")
+    axes[1].set(xlabel="step", ylabel="mean τ", title="mean τ per level")
+    axes[1].legend(fontsize=7)
+    return fig
+
+
+def plot_tampo_pi(plt, run: _Run):
+    metrics = run.metrics
+    pi_keys = sorted({k for r in metrics for k in r if k.startswith("tampo/pi_T")},
+                     key=lambda k: float(k.split("_T")[1]))
+    if not pi_keys:
+        return "not a TAMPO run"
+    rows = [r for r in metrics if pi_keys[0] in r]
+    grid = [[r[k] for r in rows] for k in pi_keys]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis",
+                   extent=(rows[0]["step"] - 0.5, rows[-1]["step"] + 0.5,
+                           -0.5, len(pi_keys) - 0.5))
+    temps = [float(k.split("_T")[1]) for k in pi_keys]
+    ax.set_yticks(range(len(temps)))
+    ax.set_yticklabels([f"{t:.2f}" for t in temps])
+    cx, cy = series(metrics, "rollout/planned_temperature")
+    ax.plot(cx, [min(range(len(temps)), key=lambda i: abs(temps[i] - t)) for t in cy], "w.",
+            markersize=3, label="chosen T_s")
+    ax.set(xlabel="step", ylabel="candidate T", title="TAMPO π(T_k) over steps")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
+def plot_tau_entropy(plt, run: _Run):
+    cx, cy = series(run.metrics, "tau/entropy_corr")
+    if not cx:
+        return "τ is constant within each step (scalar strategy)"
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(cx, cy)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="step", ylabel="Pearson r", title="τ vs entropy of the untempered distribution")
+    return fig
+
+
+def plot_tau_entropy_scatter(plt, run: _Run):
+    try:
+        step, pairs = entropy_pairs(run.run_dir)
+    except Exception as err:  # noqa: BLE001 - one optional plot; the report says why it is missing
+        return f"could not recompute the entropies: {type(err).__name__}: {err}"
+    if step is None:
+        return pairs  # why there is nothing to recompute
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter([x for x, _ in pairs], [y for _, y in pairs], s=3, alpha=0.3)
+    ax.set(xlabel="entropy of softmax(z) (nats)", ylabel="τ",
+           title=f"τ vs untempered entropy, step {step}\n"
+                 f"{len(pairs)} tokens, Pearson r = {pearson(pairs):.2f}")
+    return fig
+
+
+def plot_curves(plt, run: _Run):
+    rx, ry = series(run.metrics, "critic/score/mean")
+    if not rx:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    w = max(1, len(ry) // 20)
+    windows = [ry[max(0, i - w + 1): i + 1] for i in range(len(ry))]
+    smooth = [sum(win) / len(win) for win in windows]
+    ax.plot(rx, ry, alpha=0.3, label="train reward")
+    ax.plot(rx, smooth, label=f"train reward ({w}-step mean)")
+    key, ex, ey = heldout_curve(run.metrics)
+    if key:
+        ax.plot(ex, ey, "o-", label=f"held-out {key.split('/')[-1]}")
+    ax.set(xlabel="step", ylabel="accuracy", title="reward and held-out accuracy")
+    ax.legend(fontsize=7)
+    return fig
+
+
+FIGURES = {
+    "tau_by_level": plot_tau_by_level,
+    "tau_along_response": plot_tau_along_response,
+    "top_tau_tokens": plot_top_tau_tokens,
+    "tau_over_steps": plot_tau_over_steps,
+    "tampo_pi": plot_tampo_pi,
+    "tau_entropy": plot_tau_entropy,
+    "tau_entropy_scatter": plot_tau_entropy_scatter,
+    "curves": plot_curves,
+}
+"""file name (plots/<name>.png) -> its figure function, in the report's order"""
+
+
 def make_plots(run_dir: Path, metrics: list[dict], half: int,
                dumps: list[dict]) -> tuple[dict[str, Path], dict[str, str]]:
     """Write the PNGs from the run's metrics and its dumps from step `half` on; returns
     ({name: path}, {name: why it was skipped})."""
-    run_dir = Path(run_dir)
-    out_dir = run_dir / "plots"
+    run = _Run(Path(run_dir), metrics, half, dumps)
+    out_dir = run.run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     plt = _plt()
     made, skipped = {}, {}
-
-    def save(fig, name):
-        path = out_dir / f"{name}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        made[name] = path
-
-    if dumps:
-        levels = tau_by_level(dumps)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        xs = list(levels)
-        ax.errorbar(xs, [levels[x][0] for x in xs], yerr=[levels[x][1] for x in xs], fmt="o-",
-                    capsize=4)
-        ax.set(xlabel="difficulty level", ylabel="τ (mean ± std)", xticks=xs,
-               title=f"τ by level (dumps from step {half})")
-        save(fig, "tau_by_level")
-
-        ex = example_response(dumps)
-        pos = tau_by_position(dumps)
-        fig, axes = plt.subplots(2, 1, figsize=(9, 5.5))
-        if ex is not None:
-            toks = ex.get("tokens") or [str(t) for t in ex["token_ids"]]
-            axes[0].bar(range(len(ex["tau"])), ex["tau"], color="tab:orange")
-            axes[0].set_xticks(range(len(toks)))
-            axes[0].set_xticklabels([t.replace("\n", "\\n") for t in toks], rotation=90, fontsize=7)
-            axes[0].set(ylabel="τ", title=f"one response (L{ex['level']}, correct): τ per token")
-        axes[1].plot([p[0] for p in pos])
-        axes[1].set(xlabel="position in response", ylabel="mean τ", title="mean τ by position")
-        save(fig, "tau_along_response")
-
-        top = top_tau_tokens(dumps)
-        if top:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            ax.barh([repr(t[0]) for t in top][::-1], [t[1] for t in top][::-1])
-            ax.set(xlabel="mean τ", title=f"tokens with the highest τ (≥ {MIN_COUNT} uses)")
-            save(fig, "top_tau_tokens")
-    else:
-        why = "no rollout dumps (trainer.dump_every=0)"
-        skipped["tau_by_level"] = skipped["tau_along_response"] = why
-
-    x, y = series(metrics, "tau/mean")
-    if x:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        for key, style in (("tau/mean", "-"), ("tau/min", ":"), ("tau/max", ":")):
-            axes[0].plot(*series(metrics, key), style, label=key.split("/")[1])
-        axes[0].set(xlabel="step", ylabel="τ", title="τ over training")
-        axes[0].legend()
-        for lvl in range(1, 6):
-            sx, sy = series(metrics, f"tau/mean_L{lvl}")
-            if sx:
-                axes[1].plot(sx, sy, label=f"L{lvl}")
-        axes[1].set(xlabel="step", ylabel="mean τ", title="mean τ per level")
-        axes[1].legend(fontsize=7)
-        save(fig, "tau_over_steps")
-
-    pi_keys = sorted({k for r in metrics for k in r if k.startswith("tampo/pi_T")},
-                     key=lambda k: float(k.split("_T")[1]))
-    if pi_keys:
-        rows = [r for r in metrics if pi_keys[0] in r]
-        grid = [[r[k] for r in rows] for k in pi_keys]
-        fig, ax = plt.subplots(figsize=(9, 3.8))
-        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis",
-                       extent=(rows[0]["step"] - 0.5, rows[-1]["step"] + 0.5,
-                               -0.5, len(pi_keys) - 0.5))
-        temps = [float(k.split("_T")[1]) for k in pi_keys]
-        ax.set_yticks(range(len(temps)))
-        ax.set_yticklabels([f"{t:.2f}" for t in temps])
-        cx, cy = series(metrics, "rollout/planned_temperature")
-        ax.plot(cx, [min(range(len(temps)), key=lambda i: abs(temps[i] - t)) for t in cy], "w.",
-                markersize=3, label="chosen T_s")
-        ax.set(xlabel="step", ylabel="candidate T", title="TAMPO π(T_k) over steps")
-        ax.legend(loc="upper right", fontsize=7)
-        fig.colorbar(im, ax=ax)
-        save(fig, "tampo_pi")
-    else:
-        skipped["tampo_pi"] = "not a TAMPO run"
-
-    cx, cy = series(metrics, "tau/entropy_corr")
-    if cx:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(cx, cy)
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set(xlabel="step", ylabel="Pearson r",
-               title="τ vs entropy of the untempered distribution")
-        save(fig, "tau_entropy")
-    else:
-        skipped["tau_entropy"] = "τ is constant within each step (scalar strategy)"
-
-    try:
-        step, pairs = entropy_pairs(run_dir)
-    except Exception as err:  # noqa: BLE001 - one optional plot; the report says why it is missing
-        step, pairs = None, f"could not recompute the entropies: {type(err).__name__}: {err}"
-    if step is None:
-        skipped["tau_entropy_scatter"] = pairs
-    else:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.scatter([x for x, _ in pairs], [y for _, y in pairs], s=3, alpha=0.3)
-        ax.set(xlabel="entropy of softmax(z) (nats)", ylabel="τ",
-               title=f"τ vs untempered entropy, step {step}\n"
-                     f"{len(pairs)} tokens, Pearson r = {pearson(pairs):.2f}")
-        save(fig, "tau_entropy_scatter")
-
-    rx, ry = series(metrics, "critic/score/mean")
-    if rx:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        w = max(1, len(ry) // 20)
-        windows = [ry[max(0, i - w + 1): i + 1] for i in range(len(ry))]
-        smooth = [sum(win) / len(win) for win in windows]
-        ax.plot(rx, ry, alpha=0.3, label="train reward")
-        ax.plot(rx, smooth, label=f"train reward ({w}-step mean)")
-        key, ex_, ey = heldout_curve(metrics)
-        if key:
-            ax.plot(ex_, ey, "o-", label=f"held-out {key.split('/')[-1]}")
-        ax.set(xlabel="step", ylabel="accuracy", title="reward and held-out accuracy")
-        ax.legend(fontsize=7)
-        save(fig, "curves")
+    for name, draw in FIGURES.items():
+        fig = draw(plt, run)
+        if isinstance(fig, str):
+            skipped[name] = fig
+        elif fig is not None:
+            made[name] = out_dir / f"{name}.png"
+            fig.tight_layout()
+            fig.savefig(made[name], dpi=110)
+            plt.close(fig)
     return made, skipped
 
 
