@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 LEVELS = (1, 2, 3, 4, 5)
 FAMILIES = ("arith", "countdown")
@@ -36,9 +36,6 @@ class Problem:
     solution: str  # a worked solution ending in \boxed{...}, used for supervised pre-training
     level: int
     meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- expressions

@@ -1,8 +1,9 @@
 """``TrajectoryBatch``: the one schema trajectories have between every stage.
 
-Rollout engines build it, reward workers fill ``rewards``, the driver fills ``advantages``, the
-learners read it. ``validate()`` is called at each stage boundary; it checks shapes, masks and the
-per-token temperature record (one τ per generated token, every τ finite and > 0).
+Rollout engines build it, the reward worker (``reward/worker.py``) fills ``rewards`` and the GRPO
+``advantages``, the learners read it. ``validate()`` is called at each stage boundary; it checks
+shapes, masks and the per-token temperature record (one τ per generated token, every τ
+finite and > 0).
 
 Layout (B responses, Lp prompt tokens, T response tokens):
 - prompts are LEFT-padded, responses RIGHT-padded, so ``cat([prompt_ids, response_ids], 1)`` is

@@ -24,7 +24,6 @@ SKIP_CHECK_ENV = "TEMPO_VLLM_SKIP_VERSION_CHECK"
 
 
 RUNNERS = ("auto", "v1", "v2")
-ENGINE_CORES = ("auto", "inproc", "process")
 _USER_RUNNER = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")  # as the user started the process
 
 
