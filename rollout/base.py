@@ -2,8 +2,9 @@
 produces, and the one function that turns records into a ``TrajectoryBatch``.
 
 An engine implements ``generate(requests, step, seed) -> TrajectoryBatch`` and
-``load_weights(state_dict)``; both engines (``hf_engine``, ``vllm_engine``) call the strategy's
-single per-token path ``strategy.select(RowContext)`` for every sampled row.
+``load_weights(state_dict) -> seconds`` (what the trainer logs as the engine's sync time); both
+engines (``hf_engine``, ``vllm_engine``) call the strategy's single per-token path
+``strategy.select(RowContext)`` for every sampled row.
 """
 
 from __future__ import annotations

@@ -43,8 +43,10 @@ class HFEngine:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         return cls(model, AutoTokenizer.from_pretrained(path), strategy, **kw)
 
-    def load_weights(self, state_dict: dict[str, Tensor]) -> None:
-        """New theta (the model's parameter names) and/or phi (keys 'temperature_head.*')."""
+    def load_weights(self, state_dict: dict[str, Tensor]) -> float:
+        """New theta (the model's parameter names) and/or phi (keys 'temperature_head.*');
+        returns the seconds it took (as ``VLLMEngine.load_weights``)."""
+        t0 = time.perf_counter()
         head = {k.split(".", 1)[1]: v for k, v in state_dict.items()
                 if k.startswith("temperature_head.")}
         theta = {k: v for k, v in state_dict.items() if not k.startswith("temperature_head.")}
@@ -54,6 +56,7 @@ class HFEngine:
             missing, unexpected = self.model.load_state_dict(theta, strict=False)
             if unexpected:
                 raise KeyError(f"weights not in the model: {unexpected[:5]}")
+        return time.perf_counter() - t0
 
     def alive(self) -> bool:
         """Always: the engine is this process."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 import torch
 
@@ -84,10 +83,8 @@ class RolloutWorker:
         return self.generate(requests, step, seed, greedy).response_texts
 
     def load_weights(self, state_dict: dict) -> float:
-        """Load θ and/or φ weights; returns the seconds it took."""
-        t0 = time.perf_counter()
-        self.engine.load_weights(state_dict)
-        return time.perf_counter() - t0
+        """Load θ and/or φ weights; returns the seconds the engine took."""
+        return self.engine.load_weights(state_dict)
 
     def load_all_weights(self, state_dict: dict) -> float:
         """Load a FULL set of the run's weights (θ, and φ where there is a head): the resync

@@ -90,7 +90,8 @@ def test_weight_sync_of_the_gate_bias_freezes_then_releases_the_temperature(engi
     frozen = dict(head)
     frozen["temperature_head.fc2.bias"] = head["temperature_head.fc2.bias"].clone()
     frozen["temperature_head.fc2.bias"][0] = -30.0  # sigma(u_c) ~ 1e-13: never update
-    engine.load_weights(frozen)
+    seconds = engine.load_weights(frozen)
+    assert isinstance(seconds, float) and 0 <= seconds < 5  # the sync time, as vLLM's engine
     batch = engine.generate(make_requests(engine.tokenizer), seed=2)
     mask = batch.response_mask.clone()
     mask[:, 0] = False
