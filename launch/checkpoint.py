@@ -1,71 +1,187 @@
-"""Run checkpoints on disk: where they are, which one to resume, and whether it fits this config.
+"""Run checkpoints on disk, both directions: the step folder's layout, its integrity, which one to
+resume, and whether it fits this config.
 
-A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN`` (NNNNNN = steps completed) holding
-``learner_rank{r}/learner_rank{r}.pt`` (theta, phi, both optimizers, the schedules' positions and
-each rank's RNG states), ``driver.pt`` (the meta actor's state, the prompt sampler's position,
-the step, the driver's RNG, the wandb run id and the config it was written under) and a
-``COMPLETE`` marker. ``Trainer.save`` writes it under a temporary name and renames it, so a
-folder named ``step_*`` with ``COMPLETE`` is whole; anything else is ignored (and a crash
-mid-write leaves only a ``.tmp_*`` folder behind).
+A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN`` (NNNNNN = steps completed)::
+
+    learner_rank{r}/   one per learner rank (``learner.checkpoint``: safetensors weights,
+                       optimizer and RNG states that load with torch.load(weights_only=True))
+    driver.pt          the meta actor's state, the prompt sampler's position, the step, the
+                       driver's RNG and the wandb run id: tensors and plain data only
+    config.json        the run's settings when it was written (checked on resume)
+    COMPLETE           {"step": N, "files": {path: {"bytes": n, "sha256": hex}}} for every other
+                       file, written last
+
+``stage`` gives a temporary folder (``.tmp_step_NNNNNN``), the learners and ``write_driver``
+fill it, and ``commit`` writes ``COMPLETE`` and renames it into place, so a folder named
+``step_*`` with ``COMPLETE`` was whole when written (a crash mid-write leaves only a ``.tmp_*``
+folder behind, ignored). ``verify`` re-checks every file against ``COMPLETE``: a truncated,
+missing or altered file is named; ``trainer.resume=auto`` then falls back to the previous
+checkpoint that verifies, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from launch.config import ConfigError, RunConfig
+from learner.checkpoint import read_weights, safe_load
+
+log = logging.getLogger(__name__)
 
 # Settings a resumed run must share with the run that wrote the checkpoint: they define the model,
 # the data stream and the optimisation. Everything else (total_steps, eval, logging, cluster
 # size of the rollout pool, ...) may change between the two.
 MUST_MATCH = ("seed", "model", "data", "learner", "meta", "reward", "rollout.group_size",
               "rollout.max_new_tokens", "rollout.max_prompt_tokens", "trainer.prompts_per_step")
+DRIVER, CONFIG, MARKER = "driver.pt", "config.json", "COMPLETE"
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint folder that does not match its COMPLETE manifest (or has none)."""
+
+
+def rank_dir(ckpt: Path, rank: int) -> Path:
+    """The folder of learner rank `rank` inside a checkpoint."""
+    return Path(ckpt) / f"learner_rank{rank}"
+
+
+def stage(run_dir: Path, steps_done: int) -> Path:
+    """A fresh temporary folder for the checkpoint after `steps_done` steps."""
+    tmp = Path(run_dir) / "checkpoints" / f".tmp_step_{steps_done:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_driver(tmp: Path, state: dict, config: dict) -> None:
+    """The driver's part: `state` (tensors and plain data) and the run's settings."""
+    torch.save(state, Path(tmp) / DRIVER)
+    (Path(tmp) / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in files}
+
+
+def commit(tmp: Path, keep_last: int) -> Path:
+    """Write COMPLETE (every file's size and checksum), rename `tmp` into place and keep the last
+    `keep_last` checkpoints; returns the final folder."""
+    tmp = Path(tmp)
+    steps = int(tmp.name.removeprefix(".tmp_step_"))
+    (tmp / MARKER).write_text(json.dumps({"step": steps, "files": _manifest(tmp)}, indent=1))
+    final = tmp.with_name(f"step_{steps:06d}")
+    os.replace(tmp, final)
+    kept = sorted(p for p in final.parent.iterdir() if p.name.startswith("step_"))
+    for old in kept[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify(ckpt: Path) -> None:
+    """CheckpointError naming the first file that is missing, truncated or altered."""
+    ckpt = Path(ckpt)
+    try:
+        files = json.loads((ckpt / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt / MARKER} is missing or not a manifest ({e})") from e
+    for rel, want in files.items():
+        path = ckpt / rel
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            raise CheckpointError(f"{path} has {size} bytes, {want['bytes']} when written "
+                                  f"(truncated or replaced)")
+        if _sha256(path) != want["sha256"]:
+            raise CheckpointError(f"{path} differs from the file written (checksum)")
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """The whole checkpoints of a run folder, oldest first."""
+    """The checkpoints of a run folder that have their COMPLETE marker, oldest first (not yet
+    verified: see `verify`)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir()
-                  if p.is_dir() and p.name.startswith("step_") and (p / "COMPLETE").exists())
+                  if p.is_dir() and p.name.startswith("step_") and (p / MARKER).exists())
+
+
+def _newest_valid(found: list[Path]) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of `found` that verifies, and why each newer one did not."""
+    failures = []
+    for ckpt in reversed(found):
+        try:
+            verify(ckpt)
+            return ckpt, failures
+        except CheckpointError as e:
+            failures.append(str(e))
+    return None, failures
 
 
 def find_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint folder to resume from (None = start fresh); ConfigError if `resume` names
-    something that is not a complete checkpoint."""
+    """The checkpoint folder to resume from (None = start fresh).
+
+    auto: the newest complete checkpoint that verifies; a newer one that does not is named in a
+    warning and skipped. A path: that checkpoint (or the newest of that run folder), which must
+    verify; ConfigError naming the bad file and the checkpoint to use instead otherwise."""
     if resume is None:
         return None
     if resume == "auto":
-        found = complete_checkpoints(run_dir)
-        return found[-1] if found else None
+        ckpt, failures = _newest_valid(complete_checkpoints(run_dir))
+        for why in failures:
+            log.warning("trainer.resume=auto skips a damaged checkpoint: %s; falling back to %s",
+                        why, ckpt or "a fresh start")
+        if failures and ckpt is None:
+            raise CheckpointError(f"trainer.resume=auto: no checkpoint of {run_dir} verifies "
+                                  f"({failures[0]}); start fresh with trainer.resume=null")
+        return ckpt
     path = Path(resume).expanduser()
-    if (path / "COMPLETE").exists() and (path / "driver.pt").exists():
+    if (path / MARKER).exists():
+        try:
+            verify(path)
+        except CheckpointError as e:
+            older = [c for c in complete_checkpoints(path.parent.parent) if c.name < path.name]
+            ok, _ = _newest_valid(older)
+            fix = (f"resume from {ok} instead (trainer.resume={ok})" if ok
+                   else "no earlier checkpoint verifies: start fresh (trainer.resume=null)")
+            raise CheckpointError(f"trainer.resume ({resume}): {e}; {fix}") from e
         return path
     found = complete_checkpoints(path)
     if found:
-        return found[-1]
+        return find_checkpoint(path, "auto")
     raise ConfigError(f"trainer.resume ({resume}) is neither a complete checkpoint folder "
-                      "(step_NNNNNN with COMPLETE and driver.pt) nor a run folder with one; "
+                      f"(step_NNNNNN with {MARKER}) nor a run folder with one; "
                       "point it at one, use trainer.resume=auto, or null to start fresh")
 
 
 def load_driver_state(ckpt: Path) -> dict:
-    return torch.load(Path(ckpt) / "driver.pt", map_location="cpu", weights_only=False)
+    """The driver's state with the settings it was written under (key "config")."""
+    state = safe_load(Path(ckpt) / DRIVER)
+    state["config"] = json.loads((Path(ckpt) / CONFIG).read_text())
+    return state
 
 
 def checkpoint_weights(ckpt: Path) -> tuple[dict, dict | None]:
     """(theta and phi weights as the engines load them, the meta actor's state) of a checkpoint."""
-    sd = torch.load(Path(ckpt) / "learner_rank0" / "learner_rank0.pt", map_location="cpu",
-                    weights_only=False)
-    weights = dict(sd["theta"]["module"])
-    if "phi" in sd:
-        weights.update(sd["phi"]["module"])  # keys temperature_head.*
-    return weights, load_driver_state(ckpt).get("meta")
+    return read_weights(rank_dir(ckpt, 0)), load_driver_state(ckpt).get("meta")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -80,7 +196,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def check_compatible(saved_config: dict, run: RunConfig, ckpt: Path) -> None:
     """ConfigError naming the first differing settings when this run cannot continue `ckpt`."""
-    now, then = _flat(asdict(run)), _flat(saved_config)
+    now = _flat(json.loads(json.dumps(asdict(run))))  # as config.json holds it (tuples: lists)
+    then = _flat(saved_config)
     keys = sorted((k for k in set(now) | set(then)
                    if any(k == m or k.startswith(m + ".") for m in MUST_MATCH)),
                   key=lambda k: (not k.endswith(".name"), k))  # a strategy change first

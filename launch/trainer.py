@@ -13,11 +13,9 @@ The driver only moves object refs and small metric dicts; trajectory tensors nev
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -327,26 +325,20 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, step: int) -> Path:
-        """Atomic checkpoint: written under a temporary name, then renamed; keeps the last k."""
+        """Atomic checkpoint after step `step` (``launch.checkpoint``): staged, filled by the
+        learners and the driver, committed; keeps the last trainer.keep_last."""
         import ray
 
-        root = self.run_dir / "checkpoints"
-        final = root / f"step_{step + 1:06d}"
-        tmp = root / f".tmp_step_{step + 1:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        ray.get([lr.save_checkpoint.remote(str(tmp / f"learner_rank{r}"))
+        from launch import checkpoint
+
+        tmp = checkpoint.stage(self.run_dir, step + 1)
+        ray.get([lr.save_checkpoint.remote(str(checkpoint.rank_dir(tmp, r)))
                  for r, lr in enumerate(self.learners)])
-        torch.save({"meta": ray.get(self.meta.state_dict.remote()), "step": step + 1,
-                    "sampler": self.sampler.state_dict(), "rng": torch.get_rng_state(),
-                    "wandb_id": self.wandb_id, "config": asdict(self.run)},
-                   tmp / "driver.pt")
-        (tmp / "COMPLETE").write_text(json.dumps({"step": step + 1}))
-        os.replace(tmp, final)
-        kept = sorted(p for p in root.iterdir() if p.name.startswith("step_"))
-        for old in kept[:-self.run.trainer.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        checkpoint.write_driver(tmp, {"meta": ray.get(self.meta.state_dict.remote()),
+                                      "step": step + 1, "sampler": self.sampler.state_dict(),
+                                      "rng": torch.get_rng_state(), "wandb_id": self.wandb_id},
+                                asdict(self.run))
+        return checkpoint.commit(tmp, self.run.trainer.keep_last)
 
     def restore(self, ckpt: Path) -> None:
         """Continue from `ckpt` (``launch.checkpoint``): learners (theta, phi, optimizers, RNG),
@@ -354,10 +346,10 @@ class Trainer:
         before the first rollout. Call after ``setup``."""
         import ray
 
-        from launch.checkpoint import load_driver_state
+        from launch.checkpoint import load_driver_state, rank_dir
 
         driver = load_driver_state(ckpt)
-        ray.get([lr.load_checkpoint.remote(str(Path(ckpt) / f"learner_rank{r}"))
+        ray.get([lr.load_checkpoint.remote(str(rank_dir(ckpt, r)))
                  for r, lr in enumerate(self.learners)])
         ray.get(self.meta.load_state_dict.remote(driver["meta"]))
         self.sampler.load_state_dict(driver["sampler"])

@@ -10,10 +10,10 @@ Per step, on this rank's slice of the batch (docs/algorithms.md §1-§3):
     old = worker.compute_old_logprobs(batch, candidates)  # no grad: log pi_old with the
                                                           # recorded tau, entropies, TAMPO l_k
                                                           # from the same logits
-    worker.update_theta(batch, old)                       # GRPO theta-phase (PPO mini-batches)
-    worker.update_theta(batch)                            # mini_batches = 1: one pass, the
+    stats, old = worker.update_theta(batch, old)          # GRPO theta-phase (PPO mini-batches)
+    stats, old = worker.update_theta(batch)               # mini_batches = 1: one pass, the
                                                           # update's forward gives log pi_old
-                                                          # (as TRL's)
+                                                          # (as TRL's), returned as `old`
     worker.update_phi(batch)                              # IntroLLM phi-phase (backbone frozen)
     stats, meta_input = worker.train_step(full_batch, phase, candidates)  # all of it, for the
                                                                           # actor
@@ -25,8 +25,8 @@ How this departs from the textbook, deliberately:
 * no dropout (model in eval mode): log pi_old and log pi_theta before the first step are equal,
   so with one optimizer step per batch (learner.mini_batches = 1) `train_step` skips the separate
   old pass: the update's forward gives log pi_old (detached), the entropies and TAMPO's l_k;
-* micro-batches keep GRPO groups together, ordered by length (`_by_length`): less padding, and
-  the rows of a group run their shared prompt once (`learner.share_prompt`); same result;
+* micro-batches keep GRPO groups together, ordered by length (``learner.batching``): less
+  padding, and the rows of a group run their shared prompt once (`learner.share_prompt`);
 * mini-batch k of a slice is rows k, k + m, k + 2m, ... (strided, not contiguous), so that
   R ranks on R slices see exactly the mini-batches 1 rank sees on the concatenated batch;
 * the losses use a *global* denominator (all ranks, all micro-batches of the mini-batch), so
@@ -37,76 +37,48 @@ How this departs from the textbook, deliberately:
 
 Dimension vocabulary: B responses (this rank), Lp prompt columns, T response columns, V vocab,
 d hidden, K candidate temperatures. Heavy imports (deepspeed, transformers) happen at construction.
+
+Beside this module: ``learner.batching`` (micro-batches, shared prompts), ``learner.stats`` (how
+statistics are reduced over micro-batches and ranks), ``learner.checkpoint`` (a rank's files).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
-import random
+import shutil
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learner import ds_utils
+from learner import checkpoint, ds_utils
+from learner.batching import (
+    Micro,
+    by_length,
+    informative_rows,
+    make_micro,
+    plain_kv_cache,
+    require_advantages,
+    response_outputs,
+)
 from learner.config import LearnerConfig, PhiTrainingConfig
 from learner.core_algos import masked_mean, phi_policy_loss, policy_loss
 from learner.logprobs import old_pass_stats, token_entropy, token_logprobs
+from learner.stats import (
+    accumulate,
+    average,
+    mismatch_stats,
+    reduce_ranks,
+    tau_entropy_stats,
+    token_mean,
+)
 from meta.introllm import TemperatureHead
 from rollout.trajectory import TrajectoryBatch
 
-log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
-_SUMMED = ("pg_loss", "kl_loss", "entropy")  # already divided by the global denominator
-_MAXED = ("ratio_max",)  # every other stat is a token mean, weighted by tokens then reduced
-
-
-@dataclass
-class _Micro:
-    """One micro-batch, trimmed to its own widths and moved to the device."""
-
-    rows: Tensor
-    """(b,) long, rows of this rank's batch"""
-    ids: Tensor
-    """(b, lp + t - 1) prompt + response without its last token"""
-    mask: Tensor
-    """(b, lp + t - 1) long attention mask"""
-    pos: Tensor
-    """(b, lp + t - 1) position ids, cumsum(mask) - 1 clamped at 0 (as the rollout engine)"""
-    lp: int
-    t: int
-    tokens: Tensor
-    """(b, t) response token ids"""
-    resp_mask: Tensor
-    """(b, t) bool"""
-    prompt: "_Prompts | None" = None
-    """the micro-batch's distinct prompts when rows share them (GRPO groups), else None"""
-
-    def take(self, x: Tensor, device) -> Tensor:
-        """The micro-batch's (b, t) slice of a per-token (B, T) tensor, or (b,) of a (B,) one."""
-        x = x[self.rows]
-        return (x[:, : self.t] if x.dim() == 2 else x).to(device)
-
-
-@dataclass
-class _Prompts:
-    """The g distinct prompts of a micro-batch of b rows (g < b): each runs through the model once
-    and its KV cache is shared by the rows that continue it."""
-
-    ids: Tensor
-    """(g, lp) left-padded prompt ids"""
-    mask: Tensor
-    """(g, lp) long"""
-    pos: Tensor
-    """(g, lp) position ids"""
-    inverse: Tensor
-    """(b,) long: row -> its prompt"""
+__all__ = ["LearnerWorker"]
 
 
 class _HeadLogProb(nn.Module):
@@ -149,7 +121,7 @@ class LearnerWorker:
         torch_dtype = getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
         self.theta = ds_utils.build_engine(model, cfg.lr, cfg.weight_decay, theta_config)
-        self.share_prompt = cfg.share_prompt and _plain_kv_cache(model.config)
+        self.share_prompt = cfg.share_prompt and plain_kv_cache(model.config)
         """rows sharing a prompt run it once (learner.share_prompt, where the KV cache allows)"""
         self.theta.eval()
         self.device = self.theta.device
@@ -174,70 +146,16 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ forward passes
 
-    def _micro(self, batch: TrajectoryBatch, rows: Tensor) -> _Micro:
-        """Rows of the batch as one forward input, trimmed to the rows' longest prompt/response."""
-        pm, rm = batch.prompt_mask[rows], batch.response_mask[rows]
-        lp = int(pm.sum(-1).max())
-        t = max(1, int(rm.sum(-1).max()))
-        if lp < 1:
-            raise ValueError("every response needs a prompt of >= 1 token (the logits of response "
-                             "token 0 come from the last prompt column)")
-        width = batch.prompt_ids.shape[1]
-        resp = batch.response_ids[rows, :t]
-        prompt, pmask = batch.prompt_ids[rows, width - lp:], pm[:, width - lp:].long()
-        ids = torch.cat([prompt, resp[:, :-1]], 1)  # (b, lp + t - 1)
-        mask = torch.cat([pmask, rm[:, : t - 1]], 1).long()
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        dev = self.device
-        shared = None
-        if self.share_prompt and t > 1:  # t = 1: nothing continues from the prompt
-            uniq, inverse = torch.unique(torch.cat([prompt * pmask, pmask], 1), dim=0,
-                                         return_inverse=True)
-            if len(uniq) < len(rows):
-                p_ids, p_mask = uniq[:, :lp], uniq[:, lp:]
-                p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
-                shared = _Prompts(p_ids.to(dev), p_mask.to(dev), p_pos.to(dev), inverse.to(dev))
-        return _Micro(rows, ids.to(dev), mask.to(dev), pos.to(dev), lp, t, resp.to(dev),
-                      rm[:, :t].to(dev), shared)
-
-    @staticmethod
-    def _response_outputs(call, bare, m: _Micro, field: str) -> Tensor:
-        """(b, t, .) `field` ("logits" or "last_hidden_state") of `call`'s output at the t
-        positions that predict the response tokens; only those positions reach the LM head.
-
-        With shared prompts: one forward of the g distinct prompts (use_cache), whose last
-        position predicts response token 0, then one of the responses on the prompts' KV cache
-        indexed per row. Gradients reach the prompt columns through the cache, summed over the
-        rows sharing them: the same values and gradients as one forward of every row's prompt.
-        `bare` runs the prompts: a DeepSpeed engine's own module, so that the engine's forward
-        (whose output hooks start its backward) runs once per micro-batch, as it expects; else
-        `call` itself.
-        """
-        keep = (lambda n: {"logits_to_keep": n}) if field == "logits" else (lambda n: {})
-        p = m.prompt
-        if p is None:
-            out = call(input_ids=m.ids, attention_mask=m.mask, position_ids=m.pos,
-                       use_cache=False, **keep(m.t))
-            return getattr(out, field)[:, -m.t:]
-        out = bare(input_ids=p.ids, attention_mask=p.mask, position_ids=p.pos, use_cache=True,
-                   **keep(1))
-        first = getattr(out, field)[:, -1:][p.inverse]  # (b, 1, .)
-        cache = out.past_key_values
-        cache.batch_select_indices(p.inverse)
-        out = call(input_ids=m.ids[:, m.lp:], attention_mask=m.mask, position_ids=m.pos[:, m.lp:],
-                   past_key_values=cache, use_cache=True, **keep(m.t - 1))
-        return torch.cat([first, getattr(out, field)], 1)
-
-    def _logits(self, model, m: _Micro) -> Tensor:
+    def _logits(self, model, m: Micro) -> Tensor:
         """(b, t, V) untempered logits of the response tokens."""
         bare = self.theta.module if model is self.theta else model
-        return self._response_outputs(model, bare, m, "logits")
+        return response_outputs(model, bare, m, "logits")
 
     @torch.no_grad()
-    def _hidden(self, m: _Micro) -> Tensor:
+    def _hidden(self, m: Micro) -> Tensor:
         """(b, t, d) final post-norm hidden states h_t of the response positions, detached."""
         backbone = self.theta.module.get_decoder()
-        return self._response_outputs(backbone, backbone, m, "last_hidden_state")
+        return response_outputs(backbone, backbone, m, "last_hidden_state")
 
     @torch.no_grad()
     def compute_old_logprobs(self, batch: TrajectoryBatch,
@@ -253,15 +171,15 @@ class LearnerWorker:
         B, T = batch.response_ids.shape
         self._check_equal_slices(B)
         out = self._old_buffers(B, T, candidates)
-        for rows in _by_length(batch, torch.arange(B)).split(self.cfg.micro_batch_size):
-            m = self._micro(batch, rows)
+        for rows in by_length(batch, torch.arange(B)).split(self.cfg.micro_batch_size):
+            m = make_micro(batch, rows, self.device, self.share_prompt)
             tau = m.take(batch.tau, self.device)
             ref = self._ref_logp(m, tau)  # before theta's logits: one (b, t, V) tensor at a time
             self._record_old(out, m, self._logits(self.theta, m), tau, candidates, ref)
         return out
 
     @torch.no_grad()
-    def _ref_logp(self, m: _Micro, tau: Tensor) -> Tensor | None:
+    def _ref_logp(self, m: Micro, tau: Tensor) -> Tensor | None:
         """(b, t) log-probs of the response tokens under the frozen reference (None without)."""
         if self.ref is None:
             return None
@@ -277,7 +195,7 @@ class LearnerWorker:
         return out
 
     @torch.no_grad()
-    def _record_old(self, out: dict[str, Tensor], m: _Micro, logits: Tensor, tau: Tensor,
+    def _record_old(self, out: dict[str, Tensor], m: Micro, logits: Tensor, tau: Tensor,
                     candidates: list[float] | None, ref_logp: Tensor | None) -> None:
         """The old-pass values of micro-batch m from its (b, t, V) logits (and the reference's
         log-probs) into `out`'s rows: old_logp, entropy, entropy_untempered[, ref_logp, loglik]."""
@@ -306,7 +224,7 @@ class LearnerWorker:
         rows_in = len(batch)
         stats: dict[str, float] = {}
         if self.cfg.skip_zero_adv:
-            _require_advantages(batch)
+            require_advantages(batch)
             batch = batch.select(informative_rows(batch.advantages, self.world_size,
                                                   self.cfg.mini_batches))
             stats["actor/kept_frac"] = len(batch) / rows_in
@@ -325,63 +243,36 @@ class LearnerWorker:
             stats["timing_s/update_phi"] = time.perf_counter() - t0
         if theta:
             t0 = time.perf_counter()
-            theta_stats, old = self._update_theta(part, old, candidates or None)
+            theta_stats, old = self.update_theta(part, old, candidates or None)
             stats.update(theta_stats)
             stats["timing_s/update_actor"] = time.perf_counter() - t0
         if old is not None:
-            stats.update(self._mismatch_stats(part, old["old_logp"]))
-            stats.update(self._tau_entropy_stats(part, old["entropy_untempered"]))
+            stats.update(mismatch_stats(part, old["old_logp"]))
+            stats.update(tau_entropy_stats(part, old["entropy_untempered"]))
         meta = None
         if candidates:  # TAMPO averages over ALL the step's trajectories, dropped ones included
             meta = {"loglik": old["loglik"], "advantages": part.advantages,
                     "rows": rows_in if self.rank == 0 else 0}
         return stats, meta
 
-    def _tau_entropy_stats(self, batch: TrajectoryBatch, entropy: Tensor) -> dict[str, float]:
-        """Entropy of the untempered next-token distribution (token mean) and its Pearson
-        correlation with the tau each token was sampled at, over all ranks' tokens (the rows the
-        learner trained on). No correlation when tau is constant."""
-        mask = batch.response_mask
-        x, y = batch.tau[mask].double(), entropy[mask].double()
-        s = torch.stack([torch.tensor(float(mask.sum()), dtype=torch.float64), x.sum(), y.sum(),
-                         (x * x).sum(), (y * y).sum(), (x * y).sum()])
-        n, sx, sy, sxx, syy, sxy = ds_utils.all_reduce(s).tolist()
-        out = {"actor/entropy_untempered": sy / max(n, 1.0)}
-        var_x, var_y = n * sxx - sx * sx, n * syy - sy * sy
-        if n > 1 and var_x > 1e-12 * max(1.0, n * sxx) and var_y > 0:
-            out["tau/entropy_corr"] = (n * sxy - sx * sy) / math.sqrt(var_x * var_y)
-        return out
+    def update_theta(self, batch: TrajectoryBatch, old: dict[str, Tensor] | None = None,
+                     candidates: list[float] | None = None
+                     ) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """GRPO theta-phase on this rank's slice; returns (stats, old).
 
-    def _mismatch_stats(self, batch: TrajectoryBatch, old_logp: Tensor) -> dict[str, float]:
-        """Rollout-engine vs learner log-prob of the sampled tokens (same tau): should be ~0."""
-        mask = batch.response_mask
-        diff = (old_logp - batch.logp_rollout).abs()
-        worst = torch.where(mask, diff, torch.zeros_like(diff)).max().reshape(1).double()
-        return {"actor/rollout_logp_diff_mean": self._token_mean(diff, mask),
-                "actor/rollout_logp_diff_max": float(ds_utils.all_reduce(worst, "max"))}
+        old: `compute_old_logprobs` on the same slice. None (only with learner.mini_batches = 1):
+        one pass. No optimizer step happens before the last micro-batch, so log pi_old is the
+        update's own log pi_theta, detached (ratio 1, as TRL with num_iterations=1), and the other
+        old-pass values (with TAMPO's loglik for `candidates`) come from the same logits: the
+        returned `old` is then filled from them.
 
-    def update_theta(self, batch: TrajectoryBatch,
-                     old: dict[str, Tensor] | None = None) -> dict[str, float]:
-        """GRPO theta-phase on this rank's slice; `old` from `compute_old_logprobs` on the same
-        slice.
-
-        old None (only with learner.mini_batches = 1): one pass. No optimizer step happens before
-        the last micro-batch, so log pi_old is the update's own log pi_theta, detached (ratio 1,
-        as TRL with num_iterations=1), and the other old-pass values come from the same logits.
-
-        Returns verl's names: actor/{pg_loss, pg_clipfrac, ppo_kl, ratio_mean, ratio_max,
+        Stats use verl's names: actor/{pg_loss, pg_clipfrac, ppo_kl, ratio_mean, ratio_max,
         grad_norm, lr, entropy, skipped_nonfinite, optimizer_steps}, plus actor/{tis_weight_mean,
-        tis_clipfrac} with TIS, actor/pg_clipfrac_lower with the dual-clip (learner.clip_ratio_c),
-        actor/kl_loss with KL, actor/entropy_loss with the entropy bonus.
+        tis_clipfrac} with TIS, actor/pg_clipfrac_lower with the dual-clip
+        (learner.clip_ratio_c), actor/kl_loss with KL, actor/entropy_loss with the entropy bonus.
         """
-        return self._update_theta(batch, old, None)[0]
-
-    def _update_theta(self, batch: TrajectoryBatch, old: dict[str, Tensor] | None,
-                      candidates: list[float] | None) -> tuple[dict[str, float], dict[str, Tensor]]:
-        """`update_theta`, also returning `old` (filled from the update's forward when it was None,
-        with TAMPO's loglik for `candidates`)."""
         cfg = self.cfg
-        _require_advantages(batch)
+        require_advantages(batch)
         one_pass = old is None
         if one_pass and cfg.mini_batches != 1:
             raise ValueError(f"update_theta without `old` needs learner.mini_batches = 1 (it is "
@@ -395,7 +286,7 @@ class LearnerWorker:
             old = self._old_buffers(*batch.response_ids.shape, candidates)
         dev, chunk = self.device, cfg.logprob_chunk
 
-        def loss_fn(m: _Micro, denominator: float, max_len: int):
+        def loss_fn(m: Micro, denominator: float, max_len: int):
             tau, mask = m.take(batch.tau, dev), m.resp_mask
             if one_pass:  # the reference first: one (b, t, V) logits tensor at a time
                 ref = self._ref_logp(m, tau)
@@ -422,7 +313,7 @@ class LearnerWorker:
         self.updates["theta"] += 1
         if "entropy" in stats:  # the bonus term's entropy (current policy, agg'd like the loss)
             stats["entropy_loss"] = stats.pop("entropy")
-        stats["entropy"] = self._token_mean(old["entropy"], batch.response_mask)  # verl: old pass
+        stats["entropy"] = token_mean(old["entropy"], batch.response_mask)  # verl: old pass
         return {f"actor/{k}": v for k, v in stats.items()}, old
 
     def update_phi(self, batch: TrajectoryBatch) -> dict[str, float]:
@@ -435,7 +326,7 @@ class LearnerWorker:
         if self.phi is None:
             raise RuntimeError("update_phi needs the temperature head: build the LearnerWorker "
                                "with phi=PhiTrainingConfig(...) (meta=introllm)")
-        _require_advantages(batch)
+        require_advantages(batch)
         for name in ("gate", "z", "logp_phi"):
             if getattr(batch, name) is None:
                 raise ValueError(f"batch.{name} is None: update_phi needs the IntroLLM action "
@@ -443,7 +334,7 @@ class LearnerWorker:
         cfg, dev = self.cfg, self.device
         head = self.phi.module.temperature_head
 
-        def loss_fn(m: _Micro, denominator: float, max_len: int):
+        def loss_fn(m: Micro, denominator: float, max_len: int):
             mask = m.resp_mask
             hidden = self._hidden(m)  # (b, t, d), no grad into theta
             forced = torch.zeros_like(mask)
@@ -497,9 +388,9 @@ class LearnerWorker:
         for g, count in zip(groups, counts):
             denominator = max(float(count[column]), 1.0)
             sums: dict[str, Tensor] = {}
-            micro = _by_length(batch, g).split(cfg.micro_batch_size)
+            micro = by_length(batch, g).split(cfg.micro_batch_size)
             for i, rows in enumerate(micro):
-                mb = self._micro(batch, rows)
+                mb = make_micro(batch, rows, self.device, self.share_prompt)
                 loss, stats, anchor = loss_fn(mb, denominator, max_len)
                 if not torch.isfinite(loss):
                     # poison the gradient so the finite-norm check below skips the step on every
@@ -508,12 +399,12 @@ class LearnerWorker:
                     loss = anchor.sum() * float("nan")
                 engine.set_gradient_accumulation_boundary(i == len(micro) - 1)
                 engine.backward(loss * scale)
-                _accumulate(sums, stats, mb.resp_mask.sum())
-            out = _reduce(sums, float(count[0]))
+                accumulate(sums, stats, mb.resp_mask.sum())
+            out = reduce_ranks(sums, float(count[0]))
             out["grad_norm"], skipped = self._step(engine, own_check)
             out["skipped_nonfinite"] = float(skipped)
             per_mb.append(out)
-        return _average(per_mb, lr)
+        return average(per_mb, lr)
 
     def _step(self, engine, own_check: bool) -> tuple[float, bool]:
         """Optimizer step at the accumulation boundary unless the gradient is non-finite.
@@ -544,13 +435,6 @@ class LearnerWorker:
             raise ValueError(f"learner ranks got slices of {-int(x[1])}..{int(x[0])} responses; "
                              f"give every rank an equal slice (TrajectoryBatch.split(world_size))")
 
-    def _token_mean(self, x: Tensor, mask: Tensor) -> float:
-        """Token mean of a (B, T) tensor over all ranks' counted tokens."""
-        total = float(torch.where(mask, x, torch.zeros_like(x)).sum())
-        s = torch.tensor([total, float(mask.sum())], dtype=torch.float64)
-        ds_utils.all_reduce(s)
-        return float(s[0] / max(float(s[1]), 1.0))
-
     def ping(self) -> int:
         return os.getpid()
 
@@ -575,8 +459,8 @@ class LearnerWorker:
     def state_dict(self) -> dict:
         """Everything to resume: theta, phi, both optimizers (this rank's ZeRO shard), the
         schedules' positions and the RNG states. Deep copies on CPU."""
-        sd = {"format": CHECKPOINT_FORMAT, "world_size": self.world_size,
-              "zero_stage": self.zero_stage, "updates": dict(self.updates), "rng": _rng_state(),
+        sd = {"world_size": self.world_size, "zero_stage": self.zero_stage,
+              "updates": dict(self.updates), "rng": checkpoint.rng_state(),
               "theta": {"module": ds_utils.full_state_dict(self.theta, self.zero_stage),
                         "optimizer": ds_utils.cpu_clone(self.theta.optimizer.state_dict())}}
         if self.phi is not None:
@@ -586,9 +470,6 @@ class LearnerWorker:
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore `state_dict()` output (same world size and ZeRO stage)."""
-        if sd.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"learner checkpoint format {sd.get('format')!r} is not "
-                             f"{CHECKPOINT_FORMAT}; it was written by another version")
         if (sd["world_size"], sd["zero_stage"]) != (self.world_size, self.zero_stage):
             raise ValueError(f"learner checkpoint has world_size {sd['world_size']}, zero_stage "
                              f"{sd['zero_stage']}; this learner runs {self.world_size}, "
@@ -601,111 +482,24 @@ class LearnerWorker:
         if self.phi is not None:
             _load_engine(self.phi, 0, sd["phi"])
         self.updates = dict(sd["updates"])
-        _set_rng_state(sd["rng"])
+        checkpoint.set_rng_state(sd["rng"])
 
     def save_checkpoint(self, dirpath: str) -> str:
-        """Write this rank's `learner_rank{r}.pt` atomically (tmp file + rename); returns its
-        path."""
-        os.makedirs(dirpath, exist_ok=True)
-        path = os.path.join(dirpath, f"learner_rank{self.rank}.pt")
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        """Write this rank's state into the folder `dirpath` (``learner.checkpoint``): into a
+        sibling temporary folder first, then renamed, so `dirpath` is never half-written.
+        Returns `dirpath`."""
+        final = Path(dirpath)
+        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoint.write_rank(tmp, self.state_dict())
+        if final.exists():  # replacing an earlier save of this folder
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return str(final)
 
     def load_checkpoint(self, dirpath: str) -> None:
-        path = os.path.join(dirpath, f"learner_rank{self.rank}.pt")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist; a learner checkpoint folder holds "
-                                    f"learner_rank0..{self.world_size - 1}.pt")
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def informative_rows(advantages: Tensor, world_size: int = 1, min_per_rank: int = 1) -> Tensor:
-    """Indices of the rows with a non-zero advantage (the only ones with a policy gradient when
-    the KL and entropy terms are off), padded with zero-advantage rows to a multiple of
-    `world_size` and at least `min_per_rank` rows per rank (the mini-batch count), so that every
-    rank gets an equal slice. Deterministic: every rank computes the same indices."""
-    nonzero = advantages != 0
-    keep = torch.nonzero(nonzero).flatten()
-    want = max(world_size * min_per_rank, -(-len(keep) // world_size) * world_size)
-    if want > len(keep):
-        pad = torch.nonzero(~nonzero).flatten()[: want - len(keep)]
-        keep = torch.cat([keep, pad]).sort().values
-    return keep
-
-
-def _plain_kv_cache(config) -> bool:
-    """True when every layer keeps a plain key/value cache (full or sliding-window attention),
-    which `Cache.batch_select_indices` re-indexes per row. Linear-attention / recurrent layers
-    keep other state: learner.share_prompt is then off (logged)."""
-    kinds = set(getattr(config, "layer_types", None) or ())
-    if kinds <= {"full_attention", "sliding_attention"}:
-        return True
-    log.warning("learner.share_prompt is off for this model: its layer types %s keep states "
-                "other than keys and values", sorted(kinds))
-    return False
-
-
-def _by_length(batch: TrajectoryBatch, rows: Tensor) -> Tensor:
-    """`rows` ordered for micro-batching: groups kept together (rows of a group share a prompt,
-    run once: learner.share_prompt), groups by their longest response, rows by their own, so
-    that each micro-batch, trimmed to its longest row, pads little. Stable and deterministic. The
-    losses' global denominators make the result independent of the grouping into micro-batches."""
-    _, group = torch.unique(batch.group_index[rows], return_inverse=True)  # 0 .. groups - 1
-    length = batch.response_mask[rows].sum(-1)
-    longest = torch.zeros(len(rows), dtype=length.dtype).scatter_reduce(
-        0, group, length, "amax")[group]
-    order = torch.arange(len(rows))
-    for key in (length, group, longest):  # least significant first: a stable lexicographic sort
-        order = order[torch.sort(key[order], stable=True).indices]
-    return rows[order]
-
-
-def _require_advantages(batch: TrajectoryBatch) -> None:
-    if batch.advantages is None:
-        raise ValueError("batch.advantages is None; fill it before the update, e.g. "
-                         "compute_grpo_advantages(batch.rewards, batch.group_index)")
-
-
-def _accumulate(sums: dict[str, Tensor], stats: dict[str, Tensor], tokens: Tensor) -> None:
-    """Add one micro-batch's stats: sums as they are, token means weighted by its tokens, maxima."""
-    for k, v in stats.items():
-        v = v.detach().double().cpu()
-        if k in _MAXED:
-            sums[k] = torch.maximum(sums[k], v) if k in sums else v
-        else:
-            w = v if k in _SUMMED else v * float(tokens)
-            sums[k] = sums[k] + w if k in sums else w
-
-
-def _reduce(sums: dict[str, Tensor], tokens: float) -> dict[str, float]:
-    """All-reduce one mini-batch's accumulated stats over ranks (keys are the same on every
-    rank)."""
-    keys = sorted(sums)
-    added = [k for k in keys if k not in _MAXED]
-    maxed = [k for k in keys if k in _MAXED]
-    s = ds_utils.all_reduce(torch.stack([sums[k] for k in added])) if added else torch.zeros(0)
-    mx = (ds_utils.all_reduce(torch.stack([sums[k] for k in maxed]), "max") if maxed
-          else torch.zeros(0))
-    out = {k: float(v) if k in _SUMMED else float(v) / max(tokens, 1.0) for k, v in zip(added, s)}
-    out.update({k: float(v) for k, v in zip(maxed, mx)})
-    return out
-
-
-def _average(per_mb: list[dict[str, float]], lr: float) -> dict[str, float]:
-    """Mean over mini-batches; grad_norm over the applied steps only; skips and steps counted."""
-    out = {k: sum(d[k] for d in per_mb) / len(per_mb) for k in per_mb[0]
-           if k not in ("grad_norm", "skipped_nonfinite")}
-    applied = [d["grad_norm"] for d in per_mb if not d["skipped_nonfinite"]]
-    out["grad_norm"] = sum(applied) / len(applied) if applied else float("nan")
-    out["skipped_nonfinite"] = sum(d["skipped_nonfinite"] for d in per_mb)
-    out["optimizer_steps"] = float(len(applied))
-    out["lr"] = lr
-    return out
+        """Restore what `save_checkpoint(dirpath)` wrote."""
+        self.load_state_dict(checkpoint.read_rank(dirpath))
 
 
 def _load_engine(engine, zero_stage: int, sd: dict) -> None:
@@ -719,19 +513,4 @@ def _load_engine(engine, zero_stage: int, sd: dict) -> None:
         engine.optimizer.load_state_dict([opt_sd] * ds_utils.world_size(),
                                          load_optimizer_states=True, load_from_fp32_weights=True)
 
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 

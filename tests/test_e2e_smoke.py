@@ -27,11 +27,10 @@ def run_smoke(tmp_path, model_dir, *overrides, timeout=900):
     return proc, rows
 
 
-@pytest.mark.parametrize("overrides", [
-    [], ["meta=tampo"], ["rollout=hf"], ["rollout.engine_core=process"],
-    ["rollout.tensor_parallel_size=2"]],
-    ids=["introllm-vllm", "tampo-vllm", "introllm-hf", "introllm-vllm-engine-core-process",
-         "introllm-vllm-tp2"])
+# the engine-core-process and tensor-parallel shapes run end to end in test_reliability.py (5 steps,
+# the same per-step checks, with one of their vLLM processes killed midway)
+@pytest.mark.parametrize("overrides", [[], ["meta=tampo"], ["rollout=hf"]],
+                         ids=["introllm-vllm", "tampo-vllm", "introllm-hf"])
 def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, overrides):
     proc, rows = run_smoke(tmp_path, tiny_model_dir, *overrides)
     steps = sane_steps(rows, steps=2, max_new_tokens=32)

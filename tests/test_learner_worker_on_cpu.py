@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from launch.config import LearnerConfig, PhiTrainingConfig
+from learner.batching import informative_rows, make_micro
 from learner.core_algos import compute_grpo_advantages
-from learner.worker import LearnerWorker, informative_rows
+from learner.worker import LearnerWorker
 from rollout.hf_engine import HFEngine
 from tests.test_rollout_hf_on_cpu import make_requests, strategy
 
@@ -105,7 +106,7 @@ def test_theta_step_moves_the_grpo_objective_the_right_way(tiny_model_dir, engin
     w = make_worker(tiny_model_dir, engine)
     before = params(w, "theta")
     old = w.compute_old_logprobs(batch)
-    stats = w.update_theta(batch, old)
+    stats = w.update_theta(batch, old)[0]
     for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm",
                 "actor/lr", "actor/entropy", "actor/skipped_nonfinite"):
         assert key in stats and stats[key] == stats[key], key
@@ -128,7 +129,7 @@ def test_micro_batching_equals_one_big_batch(tiny_model_dir, engine, batch, loss
     results = []
     for mbs in (2, len(batch)):
         w = make_worker(tiny_model_dir, engine, micro_batch_size=mbs, loss_agg=loss_agg, **extra)
-        stats = w.update_theta(batch, w.compute_old_logprobs(batch))
+        stats = w.update_theta(batch, w.compute_old_logprobs(batch))[0]
         results.append((stats, params(w, "theta")))
     (s1, p1), (s2, p2) = results
     for key in ("actor/grad_norm", "actor/pg_loss", "actor/kl_loss", "actor/entropy_loss"):
@@ -176,7 +177,7 @@ def test_non_finite_loss_skips_the_step_and_leaves_no_trace(tiny_model_dir, engi
     w = make_worker(tiny_model_dir, engine, zero_stage=zero_stage)
     before = params(w)
     old = w.compute_old_logprobs(bad)
-    st = w.update_theta(bad, old)
+    st = w.update_theta(bad, old)[0]
     assert st["actor/skipped_nonfinite"] == 1 and st["actor/optimizer_steps"] == 0
     st = w.update_phi(bad)
     assert st["phi/skipped_nonfinite"] == 1
@@ -222,7 +223,7 @@ def test_state_dict_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_pat
     sd = w.state_dict()
 
     def step():
-        stats = w.update_theta(batch, old)
+        stats = w.update_theta(batch, old)[0]
         w.update_phi(batch)
         return stats["actor/lr"], params(w), torch.rand(3)
 
@@ -234,7 +235,9 @@ def test_state_dict_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_pat
     w.load_checkpoint(str(tmp_path))  # the same through the file
     lr3, p3, r3 = step()
     assert all(torch.equal(p1[k], p3[k]) for k in p1) and torch.equal(r1, r3)
-    assert sorted(os.listdir(tmp_path)) == ["learner_rank0.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["optimizer_phi.pt", "optimizer_theta.pt",
+                                           "phi.safetensors", "rng.pt", "state.json",
+                                           "theta.safetensors"]
 
 
 @pytest.mark.parametrize("mini_batches", [1, 2])
@@ -269,7 +272,7 @@ def test_one_pass_update_equals_a_separate_old_pass(tiny_model_dir, engine, batc
     log-probs from the update's own forward; the same values, stats and step as two passes."""
     two = make_worker(tiny_model_dir, engine, micro_batch_size=3, **extra)
     old = two.compute_old_logprobs(batch, CANDIDATES)
-    want = two.update_theta(batch, old)
+    want = two.update_theta(batch, old)[0]
     one = make_worker(tiny_model_dir, engine, micro_batch_size=3, **extra)
     got, meta = one.train_step(batch, "theta", CANDIDATES)
     assert "timing_s/old_log_prob" not in got
@@ -298,12 +301,12 @@ def test_shared_prompts_give_the_same_values_gradients_and_steps(tiny_model_dir,
     for share in (True, False):
         w = make_worker(tiny_model_dir, engine, micro_batch_size=8, share_prompt=share,
                         zero_stage=zero_stage)
-        m = w._micro(batch, torch.arange(8))  # two groups of 4 rows
+        m = make_micro(batch, torch.arange(8), w.device, w.share_prompt)  # two groups of 4 rows
         assert (m.prompt is not None) == share and (not share or len(m.prompt.ids) == 2)
         old = w.compute_old_logprobs(batch, CANDIDATES)
         calls = []
         w.theta.forward = _counting(w.theta.forward, calls)
-        theta_stats = w.update_theta(batch, old)
+        theta_stats = w.update_theta(batch, old)[0]
         assert len(calls) == 2  # one engine forward per micro-batch: its backward hooks expect it
         runs[share] = (old, theta_stats, w.update_phi(batch), params(w))
     (o1, t1, f1, p1), (o2, t2, f2, p2) = runs[True], runs[False]
@@ -318,11 +321,11 @@ def test_shared_prompts_give_the_same_values_gradients_and_steps(tiny_model_dir,
 def test_share_prompt_only_where_the_kv_cache_is_plain():
     from types import SimpleNamespace
 
-    from learner.worker import _plain_kv_cache
+    from learner.batching import plain_kv_cache
 
-    assert _plain_kv_cache(SimpleNamespace())  # no layer_types: Qwen2 / Llama
-    assert _plain_kv_cache(SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
-    assert not _plain_kv_cache(SimpleNamespace(layer_types=["linear_attention", "full_attention"]))
+    assert plain_kv_cache(SimpleNamespace())  # no layer_types: Qwen2 / Llama
+    assert plain_kv_cache(SimpleNamespace(layer_types=["full_attention", "sliding_attention"]))
+    assert not plain_kv_cache(SimpleNamespace(layer_types=["linear_attention", "full_attention"]))
 
 
 def test_informative_rows_pads_to_equal_rank_slices():
@@ -379,7 +382,8 @@ def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engi
                           head, 10, r, 2, "127.0.0.1", port) for r in range(2)]
     halves = batch.split(2)
     olds = ray.get([a.compute_old_logprobs.remote(h) for a, h in zip(ranks, halves)])
-    theta_stats = ray.get([a.update_theta.remote(h, o) for a, h, o in zip(ranks, halves, olds)])
+    theta_stats = [st for st, _ in
+                   ray.get([a.update_theta.remote(h, o) for a, h, o in zip(ranks, halves, olds)])]
     phi_stats = ray.get([a.update_phi.remote(h) for a, h in zip(ranks, halves)])
     w0, w1 = ray.get([a.get_weights.remote("all") for a in ranks])
     for a in ranks:
@@ -387,7 +391,7 @@ def test_two_ranks_equal_one_rank_on_the_concatenated_batch(tiny_model_dir, engi
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # replicas stay identical
 
     single = make_worker(tiny_model_dir, engine, **cfg)
-    s_theta = single.update_theta(batch, single.compute_old_logprobs(batch))
+    s_theta = single.update_theta(batch, single.compute_old_logprobs(batch))[0]
     s_phi = single.update_phi(batch)
     assert theta_stats[0] == theta_stats[1]  # reduced stats: the same on every rank
     for key in ("actor/grad_norm", "actor/pg_loss", "actor/entropy"):
@@ -411,11 +415,12 @@ def test_dual_clip_reaches_both_phases_and_logs_the_share_it_caps(tiny_model_dir
     shifted.logp_phi = batch.logp_phi - 2.0  # the phi phase's pi_old is the behaviour log-prob
     w = make_worker(tiny_model_dir, engine, clip_ratio_c=3.0)
     old = w.compute_old_logprobs(batch)
-    stats = w.update_theta(batch, {**old, "old_logp": old["old_logp"] - 2.0})
+    stats = w.update_theta(batch, {**old, "old_logp": old["old_logp"] - 2.0})[0]
     assert stats["actor/pg_clipfrac_lower"] == pytest.approx(share, abs=1e-6)
     assert w.update_phi(shifted)["phi/pg_clipfrac_lower"] == pytest.approx(share, abs=1e-6)
     off = make_worker(tiny_model_dir, engine)
-    assert "actor/pg_clipfrac_lower" not in off.update_theta(batch, off.compute_old_logprobs(batch))
+    stats, _ = off.update_theta(batch, off.compute_old_logprobs(batch))
+    assert "actor/pg_clipfrac_lower" not in stats
     assert "phi/pg_clipfrac_lower" not in off.update_phi(shifted)
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,8 +22,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.checkpoint import check_compatible, find_checkpoint, truncate_metrics
+from launch.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    commit,
+    find_checkpoint,
+    load_driver_state,
+    rank_dir,
+    stage,
+    truncate_metrics,
+    verify,
+    write_driver,
+)
 from launch.config import ConfigError
+from learner.checkpoint import read_rank
 from tests.conftest import sane_steps
 from tests.test_config_on_cpu import compose_run
 
@@ -55,7 +68,14 @@ def wait_for(marker: Path, proc, timeout=600) -> None:
 
 
 def finish(proc, timeout=600):
-    out, _ = proc.communicate(timeout=timeout)
+    """The run's output once it ended with exit code 0; a run still going after `timeout` s is
+    killed (its whole process group) so that no test leaves one behind."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"the run did not end within {timeout} s (killed); it printed:\n{out[-5000:]}")
     assert proc.returncode == 0, out[-5000:]
     return out
 
@@ -66,8 +86,7 @@ def step_rows(run_dir):
 
 
 def theta(run_dir, step):
-    sd = torch.load(Path(run_dir) / "checkpoints" / f"step_{step:06d}" / "learner_rank0" /
-                    "learner_rank0.pt", weights_only=False)
+    sd = read_rank(rank_dir(Path(run_dir) / "checkpoints" / f"step_{step:06d}", 0))
     return sd["theta"]["module"], sd["theta"]["optimizer"]
 
 
@@ -106,12 +125,14 @@ def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir
 
 
 def _fake_ckpt(root: Path, step: int, complete: bool = True) -> Path:
-    d = root / "checkpoints" / f"step_{step:06d}"
-    d.mkdir(parents=True)
-    (d / "driver.pt").write_bytes(b"")
-    if complete:
-        (d / "COMPLETE").write_text("{}")
-    return d
+    """A checkpoint folder written by launch.checkpoint, with a stand-in learner file."""
+    tmp = stage(root, step)
+    write_driver(tmp, {"step": step, "meta": {"pi": torch.ones(3)}}, {"seed": 0})
+    (tmp / "learner_rank0").mkdir()
+    (tmp / "learner_rank0" / "theta.safetensors").write_bytes(bytes(range(256)) * 8)
+    if not complete:  # killed while writing: left under its temporary name
+        return tmp
+    return commit(tmp, keep_last=10)
 
 
 def test_find_checkpoint_takes_the_newest_complete_one(tmp_path):
@@ -120,7 +141,8 @@ def test_find_checkpoint_takes_the_newest_complete_one(tmp_path):
     _fake_ckpt(tmp_path, 2)
     newest = _fake_ckpt(tmp_path, 4)
     _fake_ckpt(tmp_path, 6, complete=False)  # killed while writing: ignored
-    (tmp_path / "checkpoints" / ".tmp_step_000008").mkdir()
+    half = tmp_path / "checkpoints" / "step_000008"  # renamed, but its marker never written
+    half.mkdir()
     assert find_checkpoint(tmp_path, "auto") == newest
     assert find_checkpoint(tmp_path, str(tmp_path)) == newest
     assert find_checkpoint(tmp_path, str(newest)) == newest
@@ -131,7 +153,7 @@ def test_find_checkpoint_takes_the_newest_complete_one(tmp_path):
 def test_a_checkpoint_from_another_config_is_refused_by_name():
     from dataclasses import asdict
 
-    saved = asdict(compose_run("+experiment=fixed"))
+    saved = json.loads(json.dumps(asdict(compose_run("+experiment=fixed"))))  # as config.json
     check_compatible(saved, compose_run("+experiment=fixed", "trainer.total_steps=500",
                                         "eval.every=3"), Path("ck"))  # may change
     with pytest.raises(ConfigError) as err:
@@ -264,3 +286,41 @@ def test_triton_log_probs_on_cpu_learners_are_refused_before_anything_starts():
         check_learner_device(compose_run("learner.logprob_impl=triton", "cluster.device=cpu"))
     assert "learner.logprob_impl (triton)" in str(err.value)
     check_learner_device(compose_run("learner.logprob_impl=auto", "cluster.device=cpu"))  # fine
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    previous = _fake_ckpt(tmp_path, 2)
+    newest = _fake_ckpt(tmp_path, 4)
+    f = newest / "learner_rank0" / "theta.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="launch.checkpoint"):
+        assert find_checkpoint(tmp_path, "auto") == previous
+    assert str(f) in caplog.text and "1000 bytes" in caplog.text
+    assert f"falling back to {previous}" in caplog.text
+    with pytest.raises(CheckpointError, match=f"{f} has 1000 bytes.*trainer.resume={previous}"):
+        find_checkpoint(tmp_path, str(newest))  # named explicitly: refused, with the way out
+
+
+def test_an_altered_or_missing_file_is_refused_by_name(tmp_path):
+    ckpt = _fake_ckpt(tmp_path, 2)
+    f = ckpt / "learner_rank0" / "theta.safetensors"
+    data = bytearray(f.read_bytes())
+    data[100] ^= 1  # same size, one bit flipped
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{f} differs .*checksum.*trainer.resume=null"):
+        find_checkpoint(tmp_path, str(ckpt))
+    with pytest.raises(CheckpointError, match="no checkpoint of .* verifies"):
+        find_checkpoint(tmp_path, "auto")  # nothing to fall back to: not a silent fresh start
+    (ckpt / "driver.pt").unlink()
+    with pytest.raises(CheckpointError, match="driver.pt is missing"):
+        verify(ckpt)
+
+
+def test_driver_state_loads_without_pickles(tmp_path):
+    ckpt = _fake_ckpt(tmp_path, 2)
+    state = load_driver_state(ckpt)
+    assert state["step"] == 2 and torch.equal(state["meta"]["pi"], torch.ones(3))
+    assert state["config"] == {"seed": 0}
+    torch.save({"obj": Path("x")}, ckpt / "driver.pt")  # an arbitrary object: never unpickled
+    with pytest.raises(ValueError, match="driver.pt does not load as tensors and plain data"):
+        load_driver_state(ckpt)

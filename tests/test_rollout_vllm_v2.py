@@ -3,7 +3,8 @@
 ``tests/test_rollout_vllm.py`` (τ counts under early stops, chunked prefill and preemption;
 log-probs and head records against a transformers recompute; θ and φ weight syncs; seeded
 reproducibility; tensor-parallel agreement) and ``tests/test_rollout_engines_agree.py`` run again
-with ``TEMPO_TEST_VLLM_SHAPES=v2-inproc,v2-process``, in a fresh interpreter: V2 refuses to start
+with ``TEMPO_TEST_VLLM_SHAPES=v2-process`` (vLLM's default shape on GPU; the engine-core
+boundary itself is also covered under V1), in a fresh interpreter: V2 refuses to start
 without a Triton CPU backend, and the test stub that stands in for one (``tests/triton_stub``,
 never used by the product) must be in place before vLLM is first imported, in every process
 vLLM spawns too. Triton's kernels then run in Triton's interpreter: correct, and slow, so these
@@ -29,7 +30,7 @@ def test_the_engine_invariant_suite_passes_under_model_runner_v2():
     stub = str(ROOT / "tests" / "triton_stub")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TEMPO_TEST_TRITON_CPU_STUB": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (stub, os.environ.get("PYTHONPATH")) if p),
-           "TEMPO_TEST_VLLM_SHAPES": "v2-inproc,v2-process",
+           "TEMPO_TEST_VLLM_SHAPES": "v2-process",
            # one strategy of each kind: per-request tau, per-token from logits, the learned head
            "TEMPO_TEST_VLLM_STRATEGIES": "fixed,edt,introllm"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow",
@@ -42,4 +43,4 @@ def test_the_engine_invariant_suite_passes_under_model_runner_v2():
     passed = int(re.search(r"(\d+) passed", summary).group(1))
     deselected = int(re.search(r"(\d+) deselected", summary).group(1))
     # (the engine raises if vLLM runs another runner than the shape's runner=v2 asks for)
-    assert "skipped" not in summary and deselected == 3 and passed >= 26, summary
+    assert "skipped" not in summary and deselected == 3 and passed >= 16, summary
