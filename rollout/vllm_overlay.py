@@ -54,9 +54,13 @@ def checkpoint_keys(model_path: str | os.PathLike) -> set[str]:
 
     folder = Path(model_path)
     index = folder / INDEX_FILE
-    if index.is_file():
-        return set(json.loads(index.read_text())["weight_map"])
-    keys: set[str] = set()
+    if index.is_file():  # an exported sharded folder keeps its head beside the indexed shards
+        keys = set(json.loads(index.read_text())["weight_map"])
+        if (folder / HEAD_FILE).is_file():
+            with safe_open(str(folder / HEAD_FILE), framework="pt") as sf:
+                keys.update(sf.keys())
+        return keys
+    keys = set()
     for f in sorted(folder.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as sf:
             keys.update(sf.keys())
@@ -122,7 +126,8 @@ def build_overlay(model_path: str | os.PathLike, architecture: str, keys: set[st
     head_in_src = has_head(keys)
     head_file = dst / (HEAD_FILE if safetensors else "temperature_head.bin")
     reuse = not head_in_src and head_file.is_file() and not head_file.is_symlink()
-    own = {"config.json"} | ({INDEX_FILE} if sharded and not head_in_src else set())
+    # a sharded folder's index must list the head too: vLLM reads only the files it names
+    own = {"config.json"} | ({INDEX_FILE} if sharded else set())
     if not head_in_src:
         own.add(head_file.name)
     for entry in src.iterdir():
@@ -144,10 +149,11 @@ def build_overlay(model_path: str | os.PathLike, architecture: str, keys: set[st
             save_head(dst, initial_head(), use_safetensors=safetensors)
             log.info("model folder %s has no temperature-head weights: initialised a head and "
                      "saved it in the overlay %s (the original folder is not modified)", src, dst)
-        if sharded:
-            index = json.loads((src / INDEX_FILE).read_text())
-            index["weight_map"].update({k: head_file.name for k in head_keys()})
-            _write_json(dst / INDEX_FILE, index)
+    if sharded:
+        index = json.loads((src / INDEX_FILE).read_text())
+        unlisted = [k for k in head_keys() if k not in index["weight_map"]]
+        index["weight_map"].update({k: head_file.name for k in unlisted})
+        _write_json(dst / INDEX_FILE, index)
     log.info("vLLM loads %s: an overlay of %s with architecture %s", dst, src, architecture)
     return dst, temporary
 

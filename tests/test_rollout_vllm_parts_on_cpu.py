@@ -262,6 +262,19 @@ def test_overlay_adds_head_without_touching_the_folder(tmp_path, sharded):
     assert checkpoint_keys(dst) == keys | set(head_keys())  # the index lists the head, if sharded
 
 
+def test_a_sharded_folder_with_its_head_beside_the_shards_keeps_that_head(tmp_path):
+    """An exported sharded model: the index names theta's shards, the head has its own file."""
+    src = _fake_model(tmp_path / "m", sharded=True)
+    save_head(src, _head())
+    keys = checkpoint_keys(src)
+    assert keys == {"model.norm.weight"} | set(head_keys())
+    dst, _ = build_overlay(src, "TempoQwen2ForCausalLM", keys, lambda: pytest.fail("no init"),
+                           tmp_path / "ov")
+    assert (dst / HEAD_FILE).is_symlink()  # the folder's own head, not a fresh one
+    weight_map = json.loads((dst / INDEX_FILE).read_text())["weight_map"]
+    assert {weight_map[k] for k in head_keys()} == {HEAD_FILE}
+
+
 def test_overlay_reuses_its_head_and_prefers_the_folders(tmp_path):
     src = _fake_model(tmp_path / "m")
     calls = []
