@@ -98,7 +98,7 @@ class VLLMEngine:
             raise ValueError("enable_batch_sharded_sampling=True makes vLLM's runner V2 compute "
                              "logits through compute_logits_local, bypassing the per-token "
                              "temperature; leave it off")
-        use_v2 = _uses_v2_runner(runner, llm_kwargs)
+        use_v2 = uses_v2_runner(runner, llm_kwargs)
         self.shape["runner"] = "v2" if use_v2 else "v1"
         from rollout.vllm_rows import row_source_class
 
@@ -428,7 +428,7 @@ def initial_head_state(strategy: TemperatureStrategy, hidden_size: int, seed: in
         return TemperatureHead(hidden_size).state_dict()
 
 
-def _uses_v2_runner(runner: str, llm_kwargs: dict) -> bool:
+def uses_v2_runner(runner: str, llm_kwargs: dict) -> bool:
     """Whether vLLM will run model runner V2 for these ``LLM`` arguments. ``auto`` asks vLLM's
     own engine config (~1 s): the row source must be chosen before the engine starts."""
     if runner != "auto":

@@ -17,6 +17,12 @@ loaded with the checkpoint) and, once the worker has bound a ``TempoRuntime`` to
 Requests are sent with temperature 1.0 and no top-k/top-p/penalties, so vLLM samples from
 softmax(z / τ) and its returned sampled-token log-prob is log_softmax(z / τ)[y].
 
+Two ways to bind a runtime: the rollout engine's ``tempo_bind`` RPC (``rollout.vllm_worker``), or,
+in a server where no engine sends RPCs, a binding *offered* by the serving row source when vLLM
+builds it (``offer_binding``, ``rollout.vllm_serving``) and taken by the model at its first
+``compute_logits``. A serving runtime keeps only the last records of its most recent requests
+(``keep_requests``), since nothing collects them.
+
 Dimension vocabulary: N rows in this step, d hidden size, V vocab.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -44,7 +51,8 @@ Record = tuple[float, float, float, float]  # (tau, gate, z, logp_phi) of one ge
 class TempoRuntime:
     """Worker-side state: the strategy, the row source, the RNG and the per-token records."""
 
-    def __init__(self, rows, strategy: TemperatureStrategy, seed: int = 0, tp_group=None):
+    def __init__(self, rows, strategy: TemperatureStrategy, seed: int = 0, tp_group=None,
+                 keep_requests: int | None = None):
         self.rows = rows
         self.strategy = strategy
         self.tp_group = tp_group
@@ -54,6 +62,10 @@ class TempoRuntime:
         self.seed = seed
         self.generator: torch.Generator | None = None
         self.records: dict[str, dict[int, Record]] = {}
+        self.keep_requests = keep_requests
+        """None (the rollout engine): every record until ``collect``; n (serving): the records at
+        the last two positions (τ_{t-1} of the next row, also after a partial prefill chunk) of
+        the n requests written most recently, older ones dropped (bounded memory, no collect)"""
         self.anomalies: dict[str, int] = {}
         self.messages: list[str] = []
         self.rewritten = 0
@@ -90,6 +102,8 @@ class TempoRuntime:
         self.anomalies[name] = self.anomalies.get(name, 0) + 1
         if len(self.messages) < 8:
             self.messages.append(message)
+            if self.keep_requests is not None:  # serving: no generate() to raise it
+                log.warning("per-token temperature: %s: %s", name, message)
 
     def on_compute_logits(self, hidden: Tensor, logits: Tensor) -> Tensor:
         """``compute_logits``: divide here (runner V1), or stash the hidden states for the row
@@ -176,11 +190,20 @@ class TempoRuntime:
         return torch.tensor(positions, dtype=torch.long), torch.tensor(prev, dtype=torch.float32)
 
     def _record(self, rows: list[Row], positions: list[int], decision: Tensor) -> None:
+        keep = self.keep_requests
         for r, t, rec in zip(rows, positions, decision.tolist()):
-            if r.key is not None:
+            if r.key is None:
+                continue
+            if keep is None:
                 recs = self.records.setdefault(r.key, {})
-                self.rewritten += t in recs
-                recs[t] = tuple(rec)
+            else:  # re-inserted: the dict's order is the requests' last writes, oldest first
+                recs = {p: v for p, v in self.records.pop(r.key, {}).items() if p >= t - 1}
+                self.records[r.key] = recs
+            self.rewritten += t in recs
+            recs[t] = tuple(rec)
+        if keep is not None:
+            while len(self.records) > keep:
+                del self.records[next(iter(self.records))]
 
     def collect(self, keys: list[str]) -> dict:
         """Records of ``keys`` as {key: [record or None per position 0..max]}, plus anomalies."""
@@ -203,11 +226,17 @@ class TempoModelMixin:
         hidden_size = vllm_config.model_config.hf_text_config.hidden_size
         self.temperature_head = TemperatureHead(hidden_size).to(torch.float32)  # fp32 always
         self.tempo_runtime: TempoRuntime | None = None
+        self._tempo_config = id(vllm_config)  # finds a binding offered for this engine
 
     def compute_logits(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | None:
         logits = super().compute_logits(hidden_states, *args, **kwargs)
         runtime = self.tempo_runtime
-        if runtime is None or logits is None:  # not bound yet (warm-up) / non-last TP/PP rank
+        if runtime is None:
+            offer = _OFFERS.pop(self._tempo_config, None)
+            if offer is None:  # not bound yet (warm-up, before tempo_bind)
+                return logits
+            runtime = self.tempo_runtime = offer[1](self)
+        if logits is None:  # non-last TP/PP rank
             return logits
         return runtime.on_compute_logits(hidden_states, logits)
 
@@ -238,6 +267,18 @@ class TempoModelMixin:
             getattr(param, "weight_loader", default_weight_loader)(param, w)
             loaded.add(HEAD_PREFIX + name)
         return loaded
+
+
+_OFFERS: dict[int, tuple[object, Callable[[TempoModelMixin], TempoRuntime]]] = {}
+"""id(vllm_config) -> (the config, kept alive so that its id stays its own; how the Tempo model
+built from that config binds its runtime)"""
+
+
+def offer_binding(vllm_config, bind: Callable[[TempoModelMixin], TempoRuntime]) -> None:
+    """Have the Tempo model that vLLM builds from ``vllm_config`` in this process take its runtime
+    from ``bind(model)`` at its first ``compute_logits`` (serving mode: no ``tempo_bind`` RPC).
+    Row source and model are built by the same model runner from the same config object."""
+    _OFFERS[id(vllm_config)] = (vllm_config, bind)
 
 
 _CLASSES: dict[str, type] = {}

@@ -107,7 +107,15 @@ class RowMismatch(RuntimeError):
     """The logits rows do not match what the row source knows of the batch."""
 
 
-class V1RowTracker(LogitsProcessor):
+class _RequestsFromParams:
+    """How a row source reads an added request: from the engine's ``extra_args``.
+    (``rollout.vllm_serving`` overrides it for requests that arrive without them.)"""
+
+    def request_of(self, params) -> _Request:
+        return _Request.from_params(params)
+
+
+class V1RowTracker(_RequestsFromParams, LogitsProcessor):
     """Follows the V1 persistent batch through logits-processor batch updates; never edits
     logits."""
 
@@ -135,7 +143,7 @@ class V1RowTracker(LogitsProcessor):
             self._rows.pop(index, None)
         for index, params, _prompt_ids, output_ids in batch_update.added:
             self.readded += bool(output_ids)
-            self._rows[index] = (_Request.from_params(params), output_ids)
+            self._rows[index] = (self.request_of(params), output_ids)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self._rows.pop(a, None), self._rows.pop(b, None)
             if row_a is not None:
@@ -165,7 +173,7 @@ class V1RowTracker(LogitsProcessor):
         return out
 
 
-class V2RowSource(V2LogitsProcessor):
+class V2RowSource(_RequestsFromParams, V2LogitsProcessor):
     """Model runner V2: attributes rows in ``apply`` and divides them there (see module doc)."""
 
     divides_in_compute_logits = False
@@ -185,7 +193,7 @@ class V2RowSource(V2LogitsProcessor):
         prompt = int(self._lens.prompt_len.np[req_idx])
         prefill = int(self._lens.prefill_len.np[req_idx])
         self.readded += prefill > prompt
-        self._slots[req_idx] = (_Request.from_params(sampling_params), prompt, prefill)
+        self._slots[req_idx] = (self.request_of(sampling_params), prompt, prefill)
         return True  # V2 skips apply() for batches in which no processor asked for it
 
     def apply(self, logits: torch.Tensor, ctx) -> torch.Tensor:

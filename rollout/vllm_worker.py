@@ -5,8 +5,9 @@ the rollout actor's own (engine core in-process, one rank), the engine-core proc
 process per tensor-parallel rank. The rollout engine reaches these methods with
 ``llm.collective_rpc("tempo_*", args=...)``, which calls them on every rank; arguments and
 results are plain data (``rollout.vllm_payload``). They build the strategy from its spec and bind
-it and the row source to the model (``tempo_bind``), open a generate() call (``tempo_begin``),
-hand back the per-token records (``tempo_collect``: one RPC per generate), load weights
+it and the row source to the model (``tempo_bind``, through ``bind_runtime``, which serving mode
+calls without RPCs: ``rollout.vllm_serving``), open a generate() call (``tempo_begin``), hand back
+the per-token records (``tempo_collect``: one RPC per generate), load weights
 (``tempo_load_weights``) and read the head (``tempo_head_state``).
 """
 
@@ -41,17 +42,12 @@ class TempoWorkerExtension:
         """Drive sampling with the strategy of ``spec`` from now on; a head-owning strategy
         samples with the model's head (its weights: the checkpoint's, then the weight syncs)."""
         model = self._tempo_model()
-        strategy = strategy_from_spec(spec)
-        share_head(strategy, model.temperature_head)
-        runtime = model.tempo_runtime
-        if runtime is None:
-            rows = find_row_source(self.model_runner)
-            runtime = TempoRuntime(rows, strategy, seed, tp_group=_tp_group())
-            model.tempo_runtime = runtime
-            if not rows.divides_in_compute_logits:
-                rows.runtime = runtime
+        if model.tempo_runtime is None:
+            bind_runtime(model, find_row_source(self.model_runner), spec, seed)
         else:  # keep the row source (it follows the live batch); swap the strategy
-            runtime.strategy = strategy
+            strategy = strategy_from_spec(spec)
+            share_head(strategy, model.temperature_head)
+            model.tempo_runtime.strategy = strategy
 
     def tempo_begin(self, step: int, seed: int | None, seed_global: bool = False) -> None:
         self._tempo_model().tempo_runtime.begin(step, seed, seed_global)
@@ -99,6 +95,22 @@ class TempoWorkerExtension:
     def tempo_head_state(self) -> dict:
         """The head weights the engine samples with (packed fp32 copies)."""
         return pack_state(self._tempo_model().temperature_head.state_dict())
+
+
+def bind_runtime(model: TempoModelMixin, rows, spec: dict, seed: int = 0,
+                 keep_requests: int | None = None) -> TempoRuntime:
+    """Give ``model`` a ``TempoRuntime`` over the row source ``rows`` that samples with the
+    strategy of ``spec`` (a head-owning one with the model's head); returns it. Used by
+    ``tempo_bind`` and by serving mode (``rollout.vllm_serving``, ``keep_requests``: see
+    ``TempoRuntime``)."""
+    strategy = strategy_from_spec(spec)
+    share_head(strategy, model.temperature_head)
+    runtime = TempoRuntime(rows, strategy, seed, tp_group=_tp_group(),
+                           keep_requests=keep_requests)
+    model.tempo_runtime = runtime
+    if not rows.divides_in_compute_logits:
+        rows.runtime = runtime
+    return runtime
 
 
 def _tp_group():
