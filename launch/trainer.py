@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from launch.config import RunConfig, build_strategy
+from launch.signals import Interrupted, resume_command
 from meta.phases import phase_for_step
 from rollout.base import RolloutRequest
 
@@ -87,27 +88,41 @@ class PromptSampler:
 
 
 def start_ray(run: RunConfig, num_actors: int) -> str | None:
-    """Start (or join) the Ray cluster; returns the dashboard URL, if any."""
+    """Start (or join) the Ray cluster; returns the dashboard URL, if any. The known, harmless
+    start-up lines are filtered in the driver and, on a CPU run, in every worker process
+    (``launch.quiet``; the workers by Ray's ``worker_process_setup_hook``)."""
+    import signal
+
     import ray
 
-    from launch.signals import exit_on_sigterm
+    from launch import quiet
+    from launch.signals import exit_on_sigterm, keep_handlers
 
     if ray.is_initialized():
         return None
     root = str(Path(__file__).resolve().parents[1])  # workers import the project from here
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     env = {**WORKER_ENV, "PYTHONPATH": path, **_device_env(run)}
-    kwargs = dict(namespace=run.cluster.namespace, runtime_env={"env_vars": env},
+    cpu = known_cpu_only(run)
+    quiet.quiet_known_noise(cpu)
+    if cpu:
+        quiet.hide_load_bars()  # the driver's model is resolved (downloaded) by now
+    runtime_env = {"env_vars": env}
+    if cpu and quiet.enabled():
+        runtime_env["worker_process_setup_hook"] = quiet.WORKER_HOOK
+    kwargs = dict(namespace=run.cluster.namespace, runtime_env=runtime_env,
                   include_dashboard=run.cluster.dashboard, log_to_driver=True)
-    if run.cluster.address:
-        ctx = ray.init(address=run.cluster.address, **kwargs)
-    else:
-        cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, num_actors)
-        kwargs["dashboard_host"] = run.cluster.dashboard_host
-        # "local": always a new cluster; with no address, ray.init would join the last one that
-        # `ray start` left on this machine (/tmp/ray/ray_current_cluster) and reject num_cpus
-        ctx = ray.init(address="local", num_cpus=cpus, **kwargs)
-    exit_on_sigterm()
+    with keep_handlers():  # the entry point's SIGINT / SIGTERM handlers, not Ray's
+        if run.cluster.address:
+            ctx = ray.init(address=run.cluster.address, **kwargs)
+        else:
+            cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, num_actors)
+            kwargs["dashboard_host"] = run.cluster.dashboard_host
+            # "local": always a new cluster; with no address, ray.init would join the last one that
+            # `ray start` left on this machine (/tmp/ray/ray_current_cluster) and reject num_cpus
+            ctx = ray.init(address="local", num_cpus=cpus, **kwargs)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # none set by a caller
+        exit_on_sigterm()  # SIGTERM still exits through the clean-up (finally: ray.shutdown)
     url = getattr(ctx, "dashboard_url", None)
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -147,7 +162,9 @@ class Trainer:
         m = run.learner.num_ranks
         self.dashboard = start_ray(run, run.rollout.num_actors + m + 2)
         if self.dashboard:
-            print(f"Ray dashboard: {self.dashboard}")
+            from launch.quiet import dashboard_line
+
+            print(dashboard_line(self.dashboard))
         self._make_actors(learners)
         self._rollout_pids = ray.get([a.ping.remote() for a in self.rollout])
         print(self.placement.describe())
@@ -376,19 +393,26 @@ class Trainer:
 
             base = logged_base_eval(logger.path)
         bar = tqdm(range(self.start_step, total), desc="train", disable=None, leave=False)
-        for step in bar:
-            metrics = self._guarded_step(step)
-            self._check_nonfinite(step, metrics)
-            if run.eval.every and (step + 1) % run.eval.every == 0 and step + 1 < total:
-                metrics.update(self.evaluate(step + 1))
-            if step + 1 == total:
-                metrics.update(self.evaluate(step + 1))
-            every = run.trainer.save_every
-            if every and ((step + 1) % every == 0 or step + 1 == total):
-                self.save(step)
-            logger.log(step + 1, metrics)
-            tqdm.write(logger.console_line(step, total, metrics))
-            last = metrics
+        t_loop, done = time.perf_counter(), self.start_step
+        try:
+            for step in bar:
+                metrics = self._guarded_step(step)
+                self._check_nonfinite(step, metrics)
+                if run.eval.every and (step + 1) % run.eval.every == 0 and step + 1 < total:
+                    metrics.update(self.evaluate(step + 1))
+                if step + 1 == total:
+                    metrics.update(self.evaluate(step + 1))
+                every = run.trainer.save_every
+                if every and ((step + 1) % every == 0 or step + 1 == total):
+                    self.save(step)
+                logger.log(step + 1, metrics)
+                last, done = metrics, step + 1  # before the line: it says the step is done
+                tqdm.write(logger.console_line(step, total, metrics, time.perf_counter() - t_loop,
+                                               step + 1 - self.start_step))
+        except Interrupted as stop:  # Ctrl-C / SIGTERM: launch.run names the step reached
+            if done < total:  # the step running (or about to)
+                stop.step, stop.total = done + 1, total
+            raise
         return {**base, **last}
 
     def _guarded_step(self, step: int) -> dict:
@@ -439,8 +463,7 @@ class Trainer:
         found = complete_checkpoints(self.run_dir)
         if not found:
             return "there is no checkpoint yet (trainer.save_every); start the run again"
-        return (f"the last checkpoint is {found[-1]}; resume with the same command plus "
-                f"hydra.run.dir={self.run_dir} trainer.resume=auto")
+        return f"the last checkpoint is {found[-1]}; resume with: {resume_command(self.run_dir)}"
 
     def shutdown(self) -> None:
         import ray
