@@ -29,6 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------ fast: the pieces
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging_and_warnings():
+    """The filters these tests install, and the capture handlers, leave with the test: later
+    tests in the same session see vLLM's and Ray's loggers as they were."""
+    names = [*quiet.CPU_NOISE, *quiet.RAY_NOISE]
+    saved = {n: (list(logging.getLogger(n).filters), list(logging.getLogger(n).handlers),
+                 logging.getLogger(n).propagate) for n in names}
+    with warnings.catch_warnings():  # restores the warnings filters on exit
+        yield
+    for n, (filters, handlers, propagate) in saved.items():
+        logger = logging.getLogger(n)
+        logger.filters[:], logger.handlers[:], logger.propagate = filters, handlers, propagate
+
+
 def _capture(name: str) -> tuple[logging.Logger, list[str]]:
     seen: list[str] = []
     handler = logging.Handler()
@@ -54,12 +68,13 @@ def test_known_noise_is_dropped_and_errors_and_other_lines_are_kept():
 
 
 def test_the_filters_outlive_a_later_logging_configuration():
-    """vLLM and Ray apply dictConfig to their top loggers after import; the filters sit on the
-    loggers below, which dictConfig resets (handlers, level) but does not strip of filters."""
-    quiet.quiet_known_noise(cpu=True)
-    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
-                               "loggers": {"vllm": {"level": "INFO", "propagate": False}}})
-    logger, seen = _capture("vllm.config.vllm")
+    """vLLM and Ray apply dictConfig to their top loggers ("vllm", "ray") after import; the
+    filters sit on the loggers below, which dictConfig resets (handlers, level) but does not strip
+    of filters. Shown on a logger tree of the test's own, so vLLM's stays untouched."""
+    quiet._install({"tempo_console_test.child": ("Enforce eager set",)})
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False, "loggers": {
+        "tempo_console_test": {"level": "INFO", "propagate": False}}})
+    logger, seen = _capture("tempo_console_test.child")
     logger.warning("Enforce eager set, disabling torch.compile ...")
     logger.warning("a line that says something")
     assert seen == ["a line that says something"]
