@@ -6,7 +6,8 @@ A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN`` (NNNNNN = steps compl
     learner_rank{r}/   one per learner rank (``learner.checkpoint``: safetensors weights,
                        optimizer and RNG states that load with torch.load(weights_only=True))
     driver.pt          the meta actor's state, the prompt sampler's position, the step, the
-                       driver's RNG and the wandb run id: tensors and plain data only
+                       driver's RNG, the wandb run id, the strategy's spec and the model folder
+                       the run trained from: tensors and plain data only
     config.json        the run's settings when it was written (checked on resume)
     COMPLETE           {"step": N, "files": {path: {"bytes": n, "sha256": hex}}} for every other
                        file, written last

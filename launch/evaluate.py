@@ -4,6 +4,7 @@
     python -m launch.evaluate model.path=/models/Qwen3-1.7B data=math \\
         data.eval_path=/data/math500.jsonl
     python -m launch.evaluate +experiment=fixed eval.temperature_mode=greedy eval.samples=1
+    python -m launch.evaluate +experiment=introllm model.path=runs/x/final_model   # exported
 
 The same configuration as ``launch.run`` (so the strategy, its head and the data are the run's);
 no learner is started. The evaluation runs on the rollout actors (``Trainer.evaluate``): k samples
@@ -30,6 +31,7 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
     from launch.config import ConfigError
     from launch.inputs import load_data, resolve_model_path
     from launch.metrics import format_table
+    from launch.model_export import read_policy
     from launch.trainer import Trainer
 
     model_path = resolve_model_path(run)
@@ -44,7 +46,9 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
     trainer = Trainer(run, run_dir, model_path, [], heldout)
     try:
         trainer.setup(learners=False)
-        step = 0
+        # an exported folder is the model after its trained steps (the evaluation seeds follow)
+        policy = read_policy(model_path)
+        step = int(policy["trained_steps"]) if policy and ckpt is None else 0
         if ckpt is not None:
             weights, meta_state = checkpoint_weights(ckpt)
             ref = ray.put(weights)

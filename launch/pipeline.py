@@ -90,6 +90,9 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
             if ckpt is not None:
                 trainer.restore(ckpt)
             final = trainer.fit(logger)
+            exported = trainer.export_model(Path(run_dir) / "final_model")
+            print(f"final model (Hugging Face folder + temperature policy): "
+                  f"{os.path.abspath(exported)}")
         finally:
             trainer.shutdown()
         summary = {"model": str(model_path), "seconds": round(time.time() - t0, 1), **final}

@@ -147,6 +147,7 @@ class Trainer:
         from transformers import AutoConfig, AutoTokenizer
 
         from data.prompts import render_prompt
+        from launch.model_export import apply_policy
 
         run = self.run
         torch.manual_seed(run.seed)
@@ -154,6 +155,7 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id or 0
         hidden = AutoConfig.from_pretrained(self.model_path).hidden_size
         self.strategy = build_strategy(run, hidden)  # seeded: every actor gets this same copy
+        apply_policy(self.model_path, self.strategy)  # an exported model: its learned policy
         render = lambda p: self.tokenizer(  # noqa: E731
             render_prompt(p, self.tokenizer, run.data.prompt_template, run.data.instruction)
         )["input_ids"][-run.rollout.max_prompt_tokens:]
@@ -353,9 +355,28 @@ class Trainer:
                  for r, lr in enumerate(self.learners)])
         checkpoint.write_driver(tmp, {"meta": ray.get(self.meta.state_dict.remote()),
                                       "step": step + 1, "sampler": self.sampler.state_dict(),
-                                      "rng": torch.get_rng_state(), "wandb_id": self.wandb_id},
+                                      "rng": torch.get_rng_state(), "wandb_id": self.wandb_id,
+                                      "strategy": self.strategy.spec(),
+                                      "model_path": str(Path(self.model_path).resolve())},
                                 asdict(self.run))
         return checkpoint.commit(tmp, self.run.trainer.keep_last)
+
+    def export_model(self, out: Path) -> Path:
+        """The trained model as a Hugging Face folder with its temperature policy
+        (``launch.model_export``): theta (and phi) from the learners, the strategy's state from
+        the meta actor."""
+        import copy
+
+        import ray
+
+        from launch.model_export import write_model_folder
+
+        which = "theta" if self.run.meta.phi is None else "all"
+        weights = ray.get([lr.get_weights.remote(which) for lr in self.learners])[0]
+        strategy = copy.deepcopy(self.strategy)
+        strategy.load_state_dict(ray.get(self.meta.state_dict.remote())["strategy"])
+        return write_model_folder(out, self.model_path, weights, strategy,
+                                  self.run.trainer.total_steps)
 
     def restore(self, ckpt: Path) -> None:
         """Continue from `ckpt` (``launch.checkpoint``): learners (theta, phi, optimizers, RNG),

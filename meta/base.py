@@ -100,6 +100,15 @@ class TemperatureStrategy:
         a head's weights travel with the model's, see `rollout.vllm_engine`)."""
         return {"name": self.name, "kwargs": {k: _plain(v) for k, v in self._init_kwargs.items()}}
 
+    def temperature_summary(self, step: int) -> dict:
+        """What this strategy samples at after `step` training steps, as plain data for an
+        exported model's policy file: {"temperature": T} for a per-request schedule (its value
+        at `step`), {} when there is no single number (a per-token rule: its `spec` says it)."""
+        try:
+            return {"temperature": float(self.temperature_at(step))}
+        except NotImplementedError:
+            return {}
+
     def set_temperature_mode(self, mode: str) -> None:
         """Make `select` draw in `mode` (one of `temperature_modes`) from now on; `spec()` must
         carry the mode (vLLM's workers rebuild the strategy from it)."""

@@ -210,6 +210,11 @@ class IntroLLM(TemperatureStrategy):
         f32 = torch.float32
         return TempDecision(tau=tau.to(f32), gate=gate.to(f32), z=z.to(f32), logp_phi=logp.to(f32))
 
+    def temperature_summary(self, step: int) -> dict:
+        """The head decides per token: its range, the start temperature and the draw mode."""
+        return {"tau_min": self.tau_min, "tau_max": self.tau_max, "tau_init": self.tau_init,
+                "eps": self.head.eps, "temperature_mode": self.temperature_mode}
+
     def spec(self) -> dict:
         spec = super().spec()
         spec["kwargs"]["temperature_mode"] = self.temperature_mode  # may change after __init__

@@ -151,6 +151,11 @@ class TAMPO(TemperatureStrategy):
         uniform = torch.full_like(ema, 1.0 / ema.numel())
         return torch.where(spread > 0, scaled / scaled.sum(), uniform)
 
+    def temperature_summary(self, step: int) -> dict:
+        """pi over the candidates and its expected temperature."""
+        return {"candidates": self.candidates.tolist(), "pi": self.pi.tolist(),
+                "temperature": float((self.pi * self.candidates).sum())}
+
     def state_dict(self) -> dict:
         return {"candidates": self.candidates.clone(), "ema": self.ema.clone(),
                 "pi": self.pi.clone(), "num_updates": self.num_updates}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import sane_steps
 
@@ -91,3 +92,30 @@ def test_evaluate_a_checkpoint_reproduces_the_runs_final_evaluation(tmp_path, ti
     for key in ("eval/all/avg@2", "eval/all/pass@2", "eval/L1/avg@2"):
         assert got[key] == final[key], key
     assert "held-out evaluation of" in proc.stdout
+
+    # the same checkpoint exported: transformers loads theta, the evaluation is the same again
+    out = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "launch.export", str(run_dir), "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    policy = json.loads((out / "temperature_policy.json").read_text())
+    assert policy["strategy"]["name"] == "introllm" and policy["learns_head"]
+    assert policy["trained_steps"] == 2 and policy["summary"]["tau_max"] == 1.5
+    assert (out / "temperature_head.safetensors").exists()
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)  # the head's file is not read
+    ckpt_theta = load_file(str(run_dir / "checkpoints" / "step_000002" / "learner_rank0" /
+                                "theta.safetensors"))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ckpt_theta.items())
+    final_model = load_file(str(run_dir / "final_model" / "model.safetensors"))  # the run's own
+    assert all(torch.equal(final_model[k], state[k]) for k in final_model)
+    cmd = [c for c in cmd if not c.startswith(("model.path=", "eval.checkpoint=", "hydra."))]
+    cmd += [f"model.path={out}", f"hydra.run.dir={tmp_path / 'eval_exported'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exported = json.loads((tmp_path / "eval_exported" / "eval_results.json").read_text())
+    for key in ("eval/all/avg@2", "eval/all/pass@2", "eval/L1/avg@2"):
+        assert exported[key] == final[key], key  # theta and the head both came with the folder

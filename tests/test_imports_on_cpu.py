@@ -21,6 +21,8 @@ ENTRY_MODULES = {
     "launch.run": "python -m launch.run: the Hydra training entry point",
     "launch.evaluate": "python -m launch.evaluate: held-out evaluation of a checkpoint",
     "launch.compare": "python -m launch.compare: strategies x seeds, one run each",
+    "launch.export": "python -m launch.export: a checkpoint as a Hugging Face model folder",
+    "launch.serve": "python -m launch.serve: an exported folder behind vLLM's OpenAI server",
     "launch.bench.__main__": "python -m launch.bench <name>: the benchmarks",
 }
 """Modules whose product is their command line: no project module may import them."""

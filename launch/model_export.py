@@ -1,0 +1,159 @@
+"""A trained model as a Hugging Face folder, with its temperature policy beside it.
+
+``write_model_folder`` turns a checkpoint into::
+
+    config.json, generation_config.json, model*.safetensors, tokenizer files
+                                    theta, as transformers writes it: AutoModelForCausalLM
+                                    .from_pretrained(DIR) loads it (and ignores the files below)
+    temperature_head.safetensors    head-owning strategies (IntroLLM): the head's weights,
+                                    ``temperature_head.*`` (read by the vLLM engine as part of
+                                    the model)
+    temperature_policy.json         the temperature policy (POLICY_SCHEMA below)
+
+``temperature_policy.json`` (schema 1)::
+
+    {"schema": 1,
+     "strategy": {"name": "introllm", "kwargs": {...}},  # rebuilds it: meta.strategy_from_spec
+     "learns_head": true,                                 # the head file holds its weights
+     "head_file": "temperature_head.safetensors",         # or null
+     "summary": {...},      # what it samples at: IntroLLM {tau_min, tau_max, tau_init, eps,
+                            # temperature_mode}; TAMPO {candidates, pi, temperature (expected)};
+                            # a schedule {temperature (its value at trained_steps)}; a per-token
+                            # rule {} (its kwargs say it)
+     "state": {...},        # a head-less strategy's learned state (TAMPO: candidates, ema, pi,
+                            # num_updates) as lists and numbers
+     "trained_steps": 120, "checkpoint": "runs/.../checkpoints/step_000120"}
+
+``apply_policy`` is the other direction: a run (training or ``launch.evaluate``) whose
+``model.path`` is such a folder starts its strategy from the exported state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from rollout.vllm_overlay import HEAD_FILE, HEAD_PREFIX, save_head
+
+log = logging.getLogger(__name__)
+
+POLICY_FILE = "temperature_policy.json"
+POLICY_SCHEMA = 1
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def policy_record(strategy, steps: int, checkpoint: str | None) -> dict:
+    """The policy file's content for `strategy` after `steps` training steps."""
+    learns = strategy.learns_head
+    return {"schema": POLICY_SCHEMA, "strategy": strategy.spec(), "learns_head": learns,
+            "head_file": HEAD_FILE if learns else None,
+            "summary": strategy.temperature_summary(steps),
+            "state": {} if learns else _plain(strategy.state_dict()),
+            "trained_steps": steps, "checkpoint": checkpoint}
+
+
+def write_model_folder(out: Path, base_model: Path, weights: dict[str, torch.Tensor], strategy,
+                       steps: int, checkpoint: str | None = None) -> Path:
+    """Write theta (`weights`' non-head entries, HF names) with `base_model`'s config and
+    tokenizer, the head (its ``temperature_head.*`` entries) and the policy file into `out`:
+    into a temporary sibling folder first, renamed when whole. `strategy` holds the learned state
+    (a head strategy's head is taken from `weights`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    theta = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIX)}
+    head = {k[len(HEAD_PREFIX):]: v for k, v in weights.items() if k.startswith(HEAD_PREFIX)}
+    dtype = next(iter(theta.values())).dtype
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    missing, unexpected = model.load_state_dict(theta, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint's weights do not fit {base_model}: missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}; export with the base model "
+                         f"the run trained (--base)")
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(tmp)
+    if strategy.learns_head:
+        if not head:
+            raise ValueError(f"strategy {strategy.name} learns a head but the checkpoint has no "
+                             f"{HEAD_PREFIX}* weights")
+        strategy.load_state_dict(head)
+        save_head(tmp, head)
+    record = policy_record(strategy, steps, checkpoint)
+    (tmp / POLICY_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def read_policy(model_path: Path) -> dict | None:
+    """The folder's policy file (None: a plain model folder)."""
+    path = Path(model_path) / POLICY_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("schema") != POLICY_SCHEMA:
+        raise ValueError(f"{path} has schema {record.get('schema')!r}; this version reads "
+                         f"{POLICY_SCHEMA}: export the checkpoint again with this version")
+    return record
+
+
+def apply_policy(model_path: Path, strategy) -> dict | None:
+    """Start `strategy` from the exported state of `model_path`, when the folder has one and it
+    was exported with the same strategy; returns the policy record (None: nothing applied)."""
+    record = read_policy(model_path)
+    if record is None:
+        return None
+    name = record["strategy"]["name"]
+    if name != strategy.name:
+        log.warning("%s was exported with the %s temperature strategy; this run uses %s, so the "
+                    "exported policy is not used (set meta=%s to use it)", model_path, name,
+                    strategy.name, name)
+        return None
+    if strategy.learns_head:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(Path(model_path) / record["head_file"]))
+        strategy.load_state_dict({k[len(HEAD_PREFIX):]: v for k, v in tensors.items()})
+    elif record["state"]:
+        strategy.load_state_dict({k: torch.tensor(v, dtype=torch.float64)
+                                  if isinstance(v, list) else v
+                                  for k, v in record["state"].items()})
+    log.info("%s: the %s temperature policy exported after %s steps", model_path, name,
+             record["trained_steps"])
+    return record
+
+
+def export_checkpoint(ckpt: Path, out: Path, base_model: Path | None = None) -> Path:
+    """`write_model_folder` from a checkpoint folder (``launch.checkpoint``): its weights, the
+    strategy it was written with and its meta actor's state; the base model (config, tokenizer)
+    is the run's unless `base_model` is passed."""
+    from launch.checkpoint import checkpoint_weights, load_driver_state
+    from meta.registry import strategy_from_spec
+
+    driver = load_driver_state(ckpt)
+    base = Path(base_model) if base_model else Path(driver["model_path"])
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"the base model folder {base} (the run's model.path) is not "
+                                f"here; pass the folder the run trained from with --base")
+    weights, meta_state = checkpoint_weights(ckpt)
+    strategy = strategy_from_spec(driver["strategy"])
+    if meta_state is not None:
+        strategy.load_state_dict(meta_state["strategy"])
+    return write_model_folder(out, base, weights, strategy, int(driver["step"]), str(ckpt))
