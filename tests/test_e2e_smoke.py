@@ -28,12 +28,9 @@ def run_smoke(tmp_path, model_dir, *overrides, timeout=900):
     return proc, rows
 
 
-# the engine-core-process and tensor-parallel shapes run end to end in test_reliability.py (5 steps,
-# the same per-step checks, with one of their vLLM processes killed midway)
-@pytest.mark.parametrize("overrides", [[], ["meta=tampo"], ["rollout=hf"]],
-                         ids=["introllm-vllm", "tampo-vllm", "introllm-hf"])
-def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, overrides):
-    proc, rows = run_smoke(tmp_path, tiny_model_dir, *overrides)
+def check_sane_run(run_dir, rows, overrides) -> None:
+    """What every smoke run must leave behind: sane per-step metrics, both evaluations,
+    checkpoints, τ dumps, the config, the report, the wandb run and the final model."""
     steps = sane_steps(rows, steps=2, max_new_tokens=32)
     for r in steps:
         assert r["timing_s/step"] > 0 and r["perf/throughput"] > 0
@@ -44,42 +41,67 @@ def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, over
         assert any(k.startswith("tampo/pi_T") for k in steps[0])
     assert any("eval/all/avg@2" in r for r in rows)
     assert any("eval_base/all/avg@2" in r for r in rows)
-    ckpts = list((tmp_path / "checkpoints").glob("step_*"))
+    ckpts = list((run_dir / "checkpoints").glob("step_*"))
     assert ckpts and all((c / "COMPLETE").exists() for c in ckpts)
-    dumps = sorted((tmp_path / "rollouts").glob("step_*.jsonl"))
+    dumps = sorted((run_dir / "rollouts").glob("step_*.jsonl"))
     assert dumps
     first = json.loads(dumps[0].read_text().splitlines()[0])
     assert len(first["tau"]) == len(first["token_ids"]) == len(first["tokens"])
-    assert (tmp_path / "resolved_config.yaml").exists()
-    report = (tmp_path / "report.md").read_text()  # the analyses ran at the end
-    assert "## Held-out evaluation" in report and (tmp_path / "plots" / "curves.png").exists()
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert (run_dir / "resolved_config.yaml").exists()
+    report = (run_dir / "report.md").read_text()  # the analyses ran at the end
+    assert "## Held-out evaluation" in report and (run_dir / "plots" / "curves.png").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    assert (run_dir / "final_model" / "temperature_policy.json").exists()
 
 
-def test_tau_entropy_scatter_recomputes_the_learners_entropies(tmp_path, tiny_model_dir):
+# the engine-core-process and tensor-parallel shapes run end to end in test_reliability.py (5 steps,
+# the same per-step checks, with one of their vLLM processes killed midway); the transformers
+# engine's run is `hf_run`, shared by the tests below
+@pytest.mark.parametrize("overrides", [[], ["meta=tampo"]], ids=["introllm-vllm", "tampo-vllm"])
+def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, overrides):
+    proc, rows = run_smoke(tmp_path, tiny_model_dir, *overrides)
+    check_sane_run(tmp_path, rows, overrides)
+
+
+HF_RUN = ("rollout=hf", "trainer.save_every=1", "learner.skip_zero_adv=false")
+
+
+@pytest.fixture(scope="module")
+def hf_run(tmp_path_factory, tiny_model_dir):
+    """One smoke run on the transformers engine (a checkpoint after every step, every row to the
+    learner), read by the tests below: (run folder, metric rows)."""
+    run_dir = tmp_path_factory.mktemp("hf-run") / "run"
+    _, rows = run_smoke(run_dir, tiny_model_dir, *HF_RUN)
+    return run_dir, rows
+
+
+def test_smoke_run_on_the_transformers_engine_writes_sane_metrics(hf_run):
+    check_sane_run(*hf_run, list(HF_RUN))
+
+
+def test_tau_entropy_scatter_recomputes_the_learners_entropies(hf_run):
     """The analysis's per-token entropies (checkpoint step_1's theta on dump step_1's tokens)
     are the ones the learner computed in its old pass of that step: same token mean, same
     correlation with tau (all rows reach the learner with skip_zero_adv=false)."""
     from launch.analyze import entropy_pairs, pearson
 
-    _, rows = run_smoke(tmp_path, tiny_model_dir, "rollout=hf", "trainer.save_every=1",
-                        "learner.skip_zero_adv=false")
-    step, pairs = entropy_pairs(tmp_path)
-    dump = (tmp_path / "rollouts" / "step_000001.jsonl").read_text().splitlines()
+    run_dir, rows = hf_run
+    step, pairs = entropy_pairs(run_dir)
+    dump = (run_dir / "rollouts" / "step_000001.jsonl").read_text().splitlines()
     assert step == 1 and len(pairs) == sum(len(json.loads(x)["tau"]) for x in dump)
     learner = next(r for r in rows if r["step"] == 2)  # step index 1 is logged as step 2 (theta)
     mean = sum(e for e, _ in pairs) / len(pairs)
     assert abs(mean - learner["actor/entropy_untempered"]) < 1e-4
     assert abs(pearson(pairs) - learner["tau/entropy_corr"]) < 1e-4
-    assert (tmp_path / "plots" / "tau_entropy_scatter.png").exists()
-    assert "](plots/tau_entropy_scatter.png)" in (tmp_path / "report.md").read_text()
+    assert (run_dir / "plots" / "tau_entropy_scatter.png").exists()
+    assert "](plots/tau_entropy_scatter.png)" in (run_dir / "report.md").read_text()
 
 
-def test_evaluate_a_checkpoint_reproduces_the_runs_final_evaluation(tmp_path, tiny_model_dir):
+def test_evaluate_a_checkpoint_reproduces_the_runs_final_evaluation(tmp_path, tiny_model_dir,
+                                                                    hf_run):
     """launch.evaluate on the last checkpoint, same seeds: exactly the run's own final numbers
     (so the checkpoint holds theta and phi, and the entry point decodes like the trainer)."""
-    run_dir = tmp_path / "run"
-    _, rows = run_smoke(run_dir, tiny_model_dir, "rollout=hf")
+    run_dir, rows = hf_run
     final = next(r for r in reversed(rows) if "eval/all/avg@2" in r)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "launch.evaluate", "+experiment=smoke", "rollout=hf",
