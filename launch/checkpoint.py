@@ -68,17 +68,33 @@ def write_driver(tmp: Path, state: dict, config: dict) -> None:
     (Path(tmp) / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, sync: bool = False) -> str:
+    """The file's SHA-256; `sync`: also flush it to the disk (before COMPLETE names it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+        while chunk := f.read(1 << 24):
             h.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
     return h.hexdigest()
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _steps_of(path: Path) -> int:
+    return int(path.name.rsplit("_", 1)[-1])
 
 
 def _manifest(folder: Path) -> dict[str, dict]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
-    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size,
+                                                "sha256": _sha256(p, sync=True)}
             for p in files}
 
 
@@ -88,17 +104,54 @@ def commit(tmp: Path, keep_last: int) -> Path:
     tmp = Path(tmp)
     steps = int(tmp.name.removeprefix(".tmp_step_"))
     (tmp / MARKER).write_text(json.dumps({"step": steps, "files": _manifest(tmp)}, indent=1))
+    for d in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:
+        _sync_dir(d)
     final = tmp.with_name(f"step_{steps:06d}")
+    if final.exists():  # left by a trajectory a resume abandoned: kept, never deleted
+        set_aside(final)
     os.replace(tmp, final)
-    kept = sorted(p for p in final.parent.iterdir() if p.name.startswith("step_"))
+    _sync_dir(final.parent)  # the rename is on disk before any older checkpoint goes
+    kept = sorted((p for p in final.parent.iterdir()
+                   if p.name.startswith("step_") and _steps_of(p) <= steps), key=_steps_of)
     for old in kept[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a checkpoint out of the way (``.abandoned_step_N``, a number added if taken): it
+    no longer counts as a checkpoint of the run, and nothing in it is deleted."""
+    ckpt = Path(ckpt)
+    dst = ckpt.with_name(f".abandoned_{ckpt.name}")
+    n = 1
+    while dst.exists():
+        n += 1
+        dst = ckpt.with_name(f".abandoned_{ckpt.name}.{n}")
+    os.replace(ckpt, dst)
+    log.warning("%s belongs to a trajectory this run left (it resumed from an earlier "
+                "checkpoint); moved to %s", ckpt, dst)
+    return dst
+
+
+def set_aside_newer(run_dir: Path, ckpt: Path) -> list[Path]:
+    """Set aside the run's checkpoints newer than `ckpt` (the one it resumes from), so that
+    neither keep_last nor a later resume=auto takes them for this run's; returns where they
+    went."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    newer = [p for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith("step_")
+             and _steps_of(p) > _steps_of(Path(ckpt))]
+    return [set_aside(p) for p in newer]
 
 
 def verify(ckpt: Path) -> None:
     """CheckpointError naming the first file that is missing, truncated or altered."""
     ckpt = Path(ckpt)
+    if (rank_dir(ckpt, 0) / "learner_rank0.pt").exists():
+        raise CheckpointError(f"{ckpt} is a format-1 checkpoint (pickled learner_rank0.pt), "
+                              f"written by an older version; resume it with that version")
     try:
         files = json.loads((ckpt / MARKER).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -147,12 +200,13 @@ def find_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
         return None
     if resume == "auto":
         ckpt, failures = _newest_valid(complete_checkpoints(run_dir))
-        for why in failures:
-            log.warning("trainer.resume=auto skips a damaged checkpoint: %s; falling back to %s",
-                        why, ckpt or "a fresh start")
         if failures and ckpt is None:
             raise CheckpointError(f"trainer.resume=auto: no checkpoint of {run_dir} verifies "
-                                  f"({failures[0]}); start fresh with trainer.resume=null")
+                                  f"({failures[0]}); start fresh in a new run folder "
+                                  f"(another hydra.run.dir, trainer.resume=null)")
+        for why in failures:
+            log.warning("trainer.resume=auto skips a damaged checkpoint: %s; falling back to %s",
+                        why, ckpt)
         return ckpt
     path = Path(resume).expanduser()
     if (path / MARKER).exists():
@@ -162,7 +216,8 @@ def find_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
             older = [c for c in complete_checkpoints(path.parent.parent) if c.name < path.name]
             ok, _ = _newest_valid(older)
             fix = (f"resume from {ok} instead (trainer.resume={ok})" if ok
-                   else "no earlier checkpoint verifies: start fresh (trainer.resume=null)")
+                   else "no earlier checkpoint verifies: start fresh in a new run folder "
+                        "(another hydra.run.dir, trainer.resume=null)")
             raise CheckpointError(f"trainer.resume ({resume}): {e}; {fix}") from e
         return path
     found = complete_checkpoints(path)

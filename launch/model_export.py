@@ -73,11 +73,12 @@ def write_model_folder(out: Path, base_model: Path, weights: dict[str, torch.Ten
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(out)
+    check_out(out, [Path(base_model)] + ([Path(checkpoint)] if checkpoint else []))
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     theta = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIX)}
     head = {k[len(HEAD_PREFIX):]: v for k, v in weights.items() if k.startswith(HEAD_PREFIX)}
-    dtype = next(iter(theta.values())).dtype
+    dtype = next(v.dtype for v in theta.values() if v.is_floating_point())
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     missing, unexpected = model.load_state_dict(theta, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or ())
@@ -100,6 +101,20 @@ def write_model_folder(out: Path, base_model: Path, weights: dict[str, torch.Ten
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def check_out(out: Path, keep: list[Path]) -> None:
+    """Refuse an output folder whose replacement would delete something else: one that exists
+    and is not an exported folder, or that is (or holds) a folder the export reads."""
+    out = out.resolve()
+    for k in keep:
+        k = k.resolve()
+        if out == k or out in k.parents:
+            raise ValueError(f"--out ({out}) is or holds {k}, which the export reads; write the "
+                             f"model to another folder")
+    if out.exists() and not (out / POLICY_FILE).is_file():
+        raise ValueError(f"--out ({out}) exists and is not an exported model folder (no "
+                         f"{POLICY_FILE}); it is replaced by the export, so give a new folder")
 
 
 def read_policy(model_path: Path) -> dict | None:
@@ -126,6 +141,12 @@ def apply_policy(model_path: Path, strategy) -> dict | None:
                     "exported policy is not used (set meta=%s to use it)", model_path, name,
                     strategy.name, name)
         return None
+    differ = {k: (v, strategy.spec()["kwargs"].get(k))
+              for k, v in record["strategy"]["kwargs"].items()
+              if k != "temperature_mode" and strategy.spec()["kwargs"].get(k) != v}
+    if differ:
+        log.warning("%s was exported with other %s settings (exported, now: %s); its policy is "
+                    "used with this run's", model_path, name, differ)
     if strategy.learns_head:
         from safetensors.torch import load_file
 

@@ -33,6 +33,7 @@ def resume_point(run: RunConfig, run_dir: str) -> tuple[Path | None, str | None]
         check_compatible,
         find_checkpoint,
         load_driver_state,
+        set_aside_newer,
         truncate_metrics,
     )
 
@@ -43,6 +44,7 @@ def resume_point(run: RunConfig, run_dir: str) -> tuple[Path | None, str | None]
         return None, None
     driver = load_driver_state(ckpt)
     check_compatible(driver["config"], run, ckpt)
+    set_aside_newer(Path(run_dir), ckpt)  # a later trajectory's checkpoints: kept, not counted
     dropped = truncate_metrics(Path(run_dir) / "metrics.jsonl", int(driver["step"]))
     if dropped:
         log.info("resume: dropped %d metric lines logged after step %d", dropped, driver["step"])

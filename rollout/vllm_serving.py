@@ -73,6 +73,10 @@ class _Serving:
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
+        own = sorted(set(sampling_params.extra_args or {}) & {KEY, BASE_TAU, GREEDY})
+        if own:  # the server keys every request itself; a client's key could join another's
+            raise ValueError(f"extra_args {own} are set by the server for every request; send "
+                             f"the request without them")
         if sampling_params.prompt_logprobs is not None:
             raise ValueError(
                 f"prompt_logprobs={sampling_params.prompt_logprobs} (echo with logprobs) is not "

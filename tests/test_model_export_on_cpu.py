@@ -75,3 +75,19 @@ def test_an_introllm_folder_loads_in_transformers_and_brings_its_head_back(tmp_p
                                  "temperature_mode": "sample"}
     assert all(torch.equal(a, b) for a, b in zip(fresh.head.state_dict().values(),
                                                   trained.head.state_dict().values()))
+
+
+def test_an_output_folder_that_would_delete_something_else_is_refused(tmp_path):
+    from launch.model_export import check_out
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_000004"
+    ckpt.mkdir(parents=True)
+    with pytest.raises(ValueError, match="is or holds .*step_000004"):
+        check_out(run, [ckpt])  # the run folder itself
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ValueError, match="exists and is not an exported model folder"):
+        check_out(tmp_path / "notes", [ckpt])
+    check_out(run / "final_model", [ckpt])  # new: fine
+    _write(tmp_path / "old_export", {"schema": 1})
+    check_out(tmp_path / "old_export", [ckpt])  # an earlier export: replaced

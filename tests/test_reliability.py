@@ -29,6 +29,7 @@ from launch.checkpoint import (
     find_checkpoint,
     load_driver_state,
     rank_dir,
+    set_aside_newer,
     stage,
     truncate_metrics,
     verify,
@@ -324,3 +325,24 @@ def test_driver_state_loads_without_pickles(tmp_path):
     torch.save({"obj": Path("x")}, ckpt / "driver.pt")  # an arbitrary object: never unpickled
     with pytest.raises(ValueError, match="driver.pt does not load as tensors and plain data"):
         load_driver_state(ckpt)
+
+
+def test_resuming_before_newer_checkpoints_sets_them_aside_and_keep_last_keeps_the_new_one(
+        tmp_path):
+    """Resumed from step 2 with steps 4 and 6 of an abandoned trajectory in the folder: they are
+    renamed away (not deleted), and the run's next checkpoints are never pruned in their favour."""
+    resumed = _fake_ckpt(tmp_path, 2)
+    _fake_ckpt(tmp_path, 4)
+    _fake_ckpt(tmp_path, 6)
+    moved = set_aside_newer(tmp_path, resumed)
+    assert [p.name for p in moved] == [".abandoned_step_000004", ".abandoned_step_000006"]
+    assert all((p / "COMPLETE").exists() for p in moved)  # kept whole
+    assert find_checkpoint(tmp_path, "auto") == resumed
+    tmp = stage(tmp_path, 3)
+    write_driver(tmp, {"step": 3}, {})
+    third = commit(tmp, keep_last=1)
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*")] == [third.name]
+    (tmp_path / "checkpoints" / "step_000005").mkdir()  # a step whose folder exists already
+    _fake_ckpt(tmp_path, 5)
+    assert (tmp_path / "checkpoints" / ".abandoned_step_000005").is_dir()  # kept, set aside
+    assert find_checkpoint(tmp_path, "auto").name == "step_000005"

@@ -66,6 +66,8 @@ def test_prompt_logprobs_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="prompt_logprobs=0 .*without echo/prompt_logprobs"):
         ServingV1RowTracker.validate_params(SamplingParams(prompt_logprobs=0))
     ServingV1RowTracker.validate_params(SamplingParams(logprobs=1, top_p=0.5, top_k=3))
+    with pytest.raises(ValueError, match=r"extra_args \[.*\] are set by the server"):
+        ServingV1RowTracker.validate_params(SamplingParams(extra_args={KEY: "serve1-0"}))
 
 
 class FakeCausalLM(torch.nn.Module):
