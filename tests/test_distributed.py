@@ -27,8 +27,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from launch.checkpoint import rank_dir
 from launch.config import ClusterConfig, ConfigError
 from launch.placement import plan_layout
+from learner.checkpoint import read_weights
 from tests.conftest import sane_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,8 +165,7 @@ def test_two_node_spread_run_puts_engines_and_ranks_on_both_nodes(two_nodes, tin
     assert torch.isfinite(torch.tensor(steps[1]["actor/pg_loss"]))
     # data parallelism across the nodes kept the two ranks' parameters identical
     ckpt = sorted((tmp_path / "checkpoints").glob("step_*"))[-1]
-    theta = [torch.load(ckpt / f"learner_rank{r}" / f"learner_rank{r}.pt", weights_only=False)
-             ["theta"]["module"] for r in range(2)]
+    theta = [read_weights(rank_dir(ckpt, r)) for r in range(2)]
     assert theta[0].keys() == theta[1].keys()
     assert all(torch.equal(theta[0][k], theta[1][k]) for k in theta[0])
 
