@@ -141,9 +141,9 @@ def apply_policy(model_path: Path, strategy) -> dict | None:
                     "exported policy is not used (set meta=%s to use it)", model_path, name,
                     strategy.name, name)
         return None
-    differ = {k: (v, strategy.spec()["kwargs"].get(k))
-              for k, v in record["strategy"]["kwargs"].items()
-              if k != "temperature_mode" and strategy.spec()["kwargs"].get(k) != v}
+    now = strategy.spec()["kwargs"]
+    differ = {k: (v, now.get(k)) for k, v in record["strategy"]["kwargs"].items()
+              if k != "temperature_mode" and now.get(k) != v}
     if differ:
         log.warning("%s was exported with other %s settings (exported, now: %s); its policy is "
                     "used with this run's", model_path, name, differ)

@@ -301,12 +301,16 @@ class Trainer:
         import ray
 
         engines = self.rollout if engines is None else engines
-        full = which == "full"
-        if full:
+        weights = self._learner_weights(which)
+        load = "load_all_weights" if which == "full" else "load_weights"
+        return ray.get([getattr(a, load).remote(weights) for a in engines])
+
+    def _learner_weights(self, which: str):
+        """Rank 0's weights as an object ref (`which` as for `sync_weights`; full = every weight
+        the run trains). Every rank is asked: ZeRO-3 gathers need them all."""
+        if which == "full":
             which = "theta" if self.run.meta.phi is None else "all"
-        weights = [lr.get_weights.remote(which) for lr in self.learners][0]
-        return ray.get([(a.load_all_weights if full else a.load_weights).remote(weights)
-                        for a in engines])
+        return [lr.get_weights.remote(which) for lr in self.learners][0]
 
     # ------------------------------------------------------------------ evaluation
 
@@ -371,8 +375,7 @@ class Trainer:
 
         from launch.model_export import write_model_folder
 
-        which = "theta" if self.run.meta.phi is None else "all"
-        weights = ray.get([lr.get_weights.remote(which) for lr in self.learners])[0]
+        weights = ray.get(self._learner_weights("full"))
         strategy = copy.deepcopy(self.strategy)
         strategy.load_state_dict(ray.get(self.meta.state_dict.remote())["strategy"])
         return write_model_folder(out, self.model_path, weights, strategy,

@@ -87,8 +87,15 @@ def set_rng_state(state: dict) -> None:
 def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    # tied weights (embeddings / LM head) share storage, which safetensors refuses: copy apart
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))
+    # tied weights (embeddings / LM head) share storage, which safetensors refuses: the second
+    # and later names of one storage get a copy of their own (the rest are written as they are)
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous()
+        storage = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if storage in seen else v
+        seen.add(storage)
+    save_file(out, str(path))
 
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:
