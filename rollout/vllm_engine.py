@@ -218,12 +218,14 @@ class VLLMEngine:
         return unpack_state(self._rpc("tempo_head_state"))
 
     def _watch_engine_core(self) -> None:
-        """Wake a ``generate`` blocked on a dead engine-core process.
+        """Wake a caller blocked on a dead engine-core process.
 
         vLLM's client notices the death (``resources.engine_dead``) and shuts down, but a caller
-        already waiting in ``LLMEngine.step`` for outputs waits forever (vLLM 0.32 and 0.33: the
-        output queue gets nothing). This thread hands that queue vLLM's own ``EngineDeadError``,
-        which ``step`` then raises.
+        already waiting waits forever (vLLM 0.32 and 0.33): in ``LLMEngine.step`` for outputs
+        (the output queue gets nothing), or in ``call_utility`` (a weight sync, the per-token
+        records, any ``collective_rpc``: its future is never resolved). This thread hands both
+        vLLM's own ``EngineDeadError``, which the caller then raises. A call made after the
+        death is refused by vLLM itself (``ensure_alive``).
         """
         import threading
 
@@ -236,6 +238,9 @@ class VLLMEngine:
                 time.sleep(0.5)
             if self.llm is not None:  # died, not closed
                 core.outputs_queue.put_nowait(EngineDeadError())
+                for future in list(core.utility_results.values()):
+                    if not future.done():
+                        future.set_exception(EngineDeadError())
 
         threading.Thread(target=watch, name="TempoEngineCoreWatch", daemon=True).start()
 

@@ -236,7 +236,7 @@ def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, 
     kill_actor(proc, "RolloutWorker")
     wait_for(run_dir / "checkpoints" / "step_000005" / "COMPLETE", proc)
     kill_actor(proc, "RewardWorker")  # stateless: Ray restarts it and retries its task
-    out = finish(proc)
+    out = finish(proc, timeout=300)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = sane_steps(rows, steps=8, max_new_tokens=32)  # each step once; engine == learner
     assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled
@@ -257,7 +257,7 @@ def test_a_killed_vllm_process_restarts_the_rollout_actor_and_no_step_is_lost(
                   rollout="vllm")
     wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
     kill_actor(proc, victim)
-    out = finish(proc)
+    out = finish(proc, timeout=300)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = sane_steps(rows, steps=5, max_new_tokens=32)  # each step once; engine == learner
     assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled

@@ -191,6 +191,43 @@ def test_folder_with_head_weights_loads_them_and_close_cleans_up(model_dir, tmp_
     assert (folder / "config.json").read_text() == config_before  # the user's folder untouched
 
 
+def test_a_call_waiting_on_an_engine_core_that_dies_raises_instead_of_hanging(model_dir):
+    """The engine core (own process) is frozen, a call to it waits, then the process is killed:
+    the call raises vLLM's EngineDeadError (it used to wait forever, so a killed engine-core
+    process could hang a run mid weight sync), and the engine says it is not alive."""
+    import signal
+    import threading
+
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from rollout.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(str(model_dir), IntroLLM(hidden_size=HIDDEN), max_model_len=MAX_LEN,
+                     max_new_tokens=8, max_num_seqs=4, runner="v1", engine_core="process")
+    try:
+        (proc,) = eng.llm.llm_engine.engine_core.resources.engine_manager.processes
+        os.kill(proc.pid, signal.SIGSTOP)  # the call below is sent and waits for an answer
+        got: list = []
+        call = threading.Thread(target=lambda: got.append(_outcome(eng.head_state_dict)))
+        call.start()
+        call.join(2)
+        assert call.is_alive() and not got  # waiting on the frozen process
+        os.kill(proc.pid, signal.SIGKILL)
+        call.join(60)
+        assert not call.is_alive(), "the call still waits on a dead engine core"
+        assert isinstance(got[0], EngineDeadError), got
+        assert not eng.alive()
+    finally:
+        eng.close()
+
+
+def _outcome(fn):
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return err
+
+
 def _random_model(kind: str, src, out):
     """A random tiny ``kind`` model (qwen3 / llama) with the fixture model's tokenizer."""
     import shutil
