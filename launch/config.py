@@ -172,6 +172,10 @@ class TrainerConfig:
     max_nonfinite_steps: int = 3
     """stop the run after this many steps in a row whose update was skipped for a non-finite
     loss or gradient (each one is skipped and logged)"""
+    off_policy_steps: int = 0
+    """0 = synchronous: generate step t with the weights after update t - 1, then train on it |
+    1 = one step off-policy: step t + 1's rollout is generated (with the weights before update t)
+    while the learners train on step t"""
     resume: Optional[str] = None
     """null = start fresh | auto = the newest complete checkpoint under this run folder's
     checkpoints/ (fresh when there is none; pin the folder with hydra.run.dir=...) | a path to a
@@ -182,6 +186,10 @@ class TrainerConfig:
             value = getattr(self, key)
             _require(value >= 1, f"trainer.{key}", value, "must be >= 1",
                      f"set e.g. trainer.{key}={getattr(TrainerConfig, key)}")
+        _require(self.off_policy_steps in (0, 1), "trainer.off_policy_steps",
+                 self.off_policy_steps, "must be 0 or 1 (one engine pool runs one generation at "
+                 "a time: 1 already overlaps a whole generation with a whole update, more would "
+                 "only add staleness)", "set trainer.off_policy_steps=1 (or 0)")
         _require(self.save_every >= 0 and self.dump_every >= 0, "trainer.save_every/dump_every",
                  (self.save_every, self.dump_every), "must be >= 0 (0 = never)",
                  "set e.g. trainer.save_every=10")
@@ -347,6 +355,16 @@ def _cross_checks(run: RunConfig) -> None:
     _require(b % run.learner.num_ranks == 0, "trainer.prompts_per_step x rollout.group_size", b,
              f"must be divisible by learner.num_ranks ({run.learner.num_ranks})",
              "change trainer.prompts_per_step or learner.num_ranks")
+    if run.trainer.off_policy_steps:
+        _require(not run.cluster.colocate, "trainer.off_policy_steps", run.trainer.off_policy_steps,
+                 "needs separate devices for the engines and the learners (with "
+                 "cluster.colocate=true they share one, so generation and update cannot overlap)",
+                 "set trainer.off_policy_steps=0, or cluster.colocate=false")
+        _require(run.learner.tis_cap is not None, "trainer.off_policy_steps",
+                 run.trainer.off_policy_steps,
+                 "needs learner.tis_cap: the importance weight between the learner's policy and "
+                 "the older one that sampled the batch (null turns it off)",
+                 "set learner.tis_cap=2.0, or trainer.off_policy_steps=0")
     _require(run.rollout.max_prompt_tokens + run.rollout.max_new_tokens <= 32768,
              "rollout.max_prompt_tokens + rollout.max_new_tokens",
              run.rollout.max_prompt_tokens + run.rollout.max_new_tokens, "must be <= 32768",

@@ -17,8 +17,9 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -127,6 +128,23 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+@dataclass
+class Rollout:
+    """One step's rollout, launched and possibly still generating (``Trainer.launch_rollout``)."""
+
+    step: int
+    parts: list[list[RolloutRequest]]
+    """its requests, one list per rollout actor (kept: a lost rollout is regenerated from them)"""
+    planned: list[float]
+    """the per-prompt temperatures the meta actor planned (for the metrics)"""
+    scored: Any
+    """ObjectRef of the scored TrajectoryBatch (rewards and advantages filled)"""
+    metrics: Any
+    """ObjectRef of its rollout metrics (dict)"""
+    restarts: int
+    """rollout-actor restarts counted when it was launched: a later restart may have lost it"""
+
+
 class Trainer:
     def __init__(self, run: RunConfig, run_dir: str, model_path: str, train, heldout):
         self.run, self.run_dir, self.model_path = run, Path(run_dir), str(model_path)
@@ -137,6 +155,15 @@ class Trainer:
         self._nonfinite_streak = 0
         self._rollout_pids: list[int] = []  # rollout actors' process ids: a change = a restart
         self.rollout_restarts = 0
+        self.off_policy = run.trainer.off_policy_steps
+        """0: generate, then train on it; 1: the rollout of step t + 1 is generated (with the
+        weights before update t) while the learners train on step t (``step``)"""
+        self.stop_step = run.trainer.total_steps
+        """no rollout is launched for this step or later"""
+        self.weight_version = 0
+        """learner updates the engines' weights have had (a batch records the version that
+        generated it: ``TrajectoryBatch.policy_version``)"""
+        self._rollouts: dict[int, Rollout] = {}  # launched, not yet trained on, by step
 
     # ------------------------------------------------------------------ setup
 
@@ -213,35 +240,64 @@ class Trainer:
         phi = self.run.meta.phi
         return phase_for_step(step, phi.schedule, phi.phase_len, phi.phi_first)
 
-    def requests_for(self, step: int) -> list[list[RolloutRequest]]:
-        """This step's requests, split across rollout actors with whole groups together."""
+    def requests_for(self, step: int) -> tuple[list[list[RolloutRequest]], list[float]]:
+        """This step's requests, split across rollout actors with whole groups together, and the
+        per-prompt temperatures the meta actor planned (TAMPO's T_s, a schedule's value)."""
         import ray
 
         run = self.run
         idx = self.sampler.next(run.trainer.prompts_per_step)
         temps = ray.get(self.meta.plan.remote(step, len(idx)))
-        self._planned = temps  # TAMPO's chosen T_s (or the schedule's value), for the metrics
         reqs = [RolloutRequest(self.train_ids[i], g, temps[g], p.id, p.task, p.answer, p.level,
                                p.meta)
                 for g, (i, p) in enumerate((i, self.train[i]) for i in idx)
                 for _ in range(run.rollout.group_size)]
-        return _split_groups(reqs, run.rollout.num_actors)
+        return _split_groups(reqs, run.rollout.num_actors), temps
+
+    def launch_rollout(self, step: int, parts: list[list[RolloutRequest]] | None = None,
+                       planned: list[float] | None = None) -> Rollout:
+        """Start step `step`'s generation and scoring (new requests unless `parts` are given);
+        returns at once with the object refs. Each rollout actor runs its calls in the order they
+        were sent, so the generation uses the weights of the last sync sent before it."""
+        if parts is None:
+            parts, planned = self.requests_for(step)
+        batch_refs = [a.generate.remote(p, step, rollout_seed(self.run.seed, step))
+                      for a, p in zip(self.rollout, parts) if p]
+        scored, metrics = self.reward.score.options(num_returns=2).remote(*batch_refs)
+        return Rollout(step, parts, planned, scored, metrics, self.rollout_restarts)
 
     def step(self, step: int) -> dict:
-        """One step; a rollout actor that crashed and restarted mid-step gets the current weights
-        and the step runs again on the same requests and seeds (nothing lost, nothing counted
-        twice: no stage consumed the failed step's trajectories)."""
-        parts = self.requests_for(step)
+        """Train on step `step`'s rollout (launched now unless already in flight).
+
+        A rollout actor that crashed and restarted gets the current weights, and every rollout
+        launched before the restart is generated again on the same requests and seeds, with the
+        weights the engines hold now (its policy_version says which); the step then runs again.
+        Nothing is lost or counted twice: no stage consumed the lost trajectories.
+        """
+        t0 = time.perf_counter()
         attempts = 0
         while True:
+            if step not in self._rollouts:
+                self._rollouts[step] = self.launch_rollout(step)
             try:
-                return self._step(step, parts)
+                return self._step(step, t0)
             except Exception as err:  # re-raised unless a restart explains it
                 attempts += 1
-                if attempts == 3 or not self.resync_restarted_rollout():
+                if attempts == 3 or not self._regenerate_lost():
                     raise
-                log.warning("step %d: a rollout actor restarted (%s); weights resent, step "
-                            "repeated", step + 1, type(err).__name__)
+                log.warning("step %d: a rollout actor restarted (%s); weights resent, its "
+                            "rollouts generated again, step repeated", step + 1,
+                            type(err).__name__)
+
+    def _regenerate_lost(self) -> list[int]:
+        """Resync restarted rollout actors, then relaunch the rollouts launched before the latest
+        restart (they may have been lost with it); returns their steps."""
+        self.resync_restarted_rollout()
+        lost = sorted(s for s, r in self._rollouts.items() if r.restarts < self.rollout_restarts)
+        for s in lost:
+            r = self._rollouts[s]
+            self._rollouts[s] = self.launch_rollout(s, r.parts, r.planned)
+        return lost
 
     def resync_restarted_rollout(self) -> list[int]:
         """Send the current weights to rollout actors that restarted since the last check (their
@@ -256,24 +312,29 @@ class Trainer:
             self.rollout_restarts += len(restarted)
         return restarted
 
-    def _step(self, step: int, parts: list[list[RolloutRequest]]) -> dict:
+    def _step(self, step: int, t0: float) -> dict:
+        """The learners train on step `step`'s rollout (phase by step number); with
+        off_policy_steps = 1 the next step's rollout is launched first, before this update's
+        meta-actor update (so it is planned with the meta state after step - 1's update) and
+        before this update's weight sync (so it samples with the weights before this update).
+        Then the sync, which each engine runs once its generation is done."""
         import ray
 
-        t0 = time.perf_counter()
         phase = self.phase(step)
-        batch_refs = [a.generate.remote(p, step, rollout_seed(self.run.seed, step))
-                      for a, p in zip(self.rollout, parts) if p]
-        scored_ref, rollout_metrics_ref = self.reward.score.options(num_returns=2).remote(
-            *batch_refs)
-        results = [lr.train_step.options(num_returns=2).remote(scored_ref, phase, self.candidates)
+        cur = self._rollouts[step]
+        results = [lr.train_step.options(num_returns=2).remote(cur.scored, phase, self.candidates)
                    for lr in self.learners]
         stats_refs, meta_refs = zip(*results)
+        nxt = step + 1
+        if self.off_policy and nxt < self.stop_step and nxt not in self._rollouts:
+            self._rollouts[nxt] = self.launch_rollout(nxt)
         meta_ref = self.meta.update.remote(*meta_refs)
         dump_every = self.run.trainer.dump_every
         if dump_every and (step % dump_every == 0 or step == self.run.trainer.total_steps - 1):
             dump = self.run_dir / "rollouts" / f"step_{step:06d}.jsonl"
-            self.reward.dump.remote(scored_ref, str(dump), self.model_path)
+            self.reward.dump.remote(cur.scored, str(dump), self.model_path)
         learner_stats = ray.get(list(stats_refs))
+        self.weight_version = step + 1
         t_sync = time.perf_counter()
         try:  # past the update: a failure here must not repeat the step
             sync_s = self.sync_weights({"theta": "theta", "phi": "phi", "joint": "all"}[phase])
@@ -281,16 +342,21 @@ class Trainer:
             if not self.resync_restarted_rollout():
                 raise
             sync_s = [float("nan")]
-        metrics = {**ray.get(rollout_metrics_ref), **_mean_dicts(learner_stats),
-                   **ray.get(meta_ref)}
+        metrics = {**ray.get(cur.metrics), **_mean_dicts(learner_stats), **ray.get(meta_ref)}
+        del self._rollouts[step]
         metrics["timing_s/update_weights"] = time.perf_counter() - t_sync
         metrics["timing_s/update_weights_engine"] = max(sync_s)
         metrics["timing_s/step"] = time.perf_counter() - t0
         metrics["perf/throughput"] = (metrics.get("rollout/gen_tokens", 0.0)
                                       / metrics["timing_s/step"])
         metrics["phase"] = phase
-        metrics["rollout/planned_temperature"] = sum(self._planned) / len(self._planned)
+        metrics["rollout/planned_temperature"] = sum(cur.planned) / len(cur.planned)
         metrics["rollout/actor_restarts"] = float(self.rollout_restarts)
+        metrics["rollout/staleness"] = step - metrics["rollout/policy_version"]
+        during = self._rollouts.get(nxt) if self.off_policy else cur  # generated in this step
+        gen_s = 0.0 if during is None else ray.get(during.metrics)["rollout/gen_s"]
+        metrics.update(_idle_ratios(metrics["timing_s/step"], metrics.get("timing_s/learner", 0.0),
+                                    gen_s / max(1, len(self.rollout))))
         return metrics
 
     def sync_weights(self, which: str, engines: list | None = None) -> list[float]:
@@ -303,7 +369,7 @@ class Trainer:
         engines = self.rollout if engines is None else engines
         weights = self._learner_weights(which)
         load = "load_all_weights" if which == "full" else "load_weights"
-        return ray.get([getattr(a, load).remote(weights) for a in engines])
+        return ray.get([getattr(a, load).remote(weights, self.weight_version) for a in engines])
 
     def _learner_weights(self, which: str):
         """Rank 0's weights as an object ref (`which` as for `sync_weights`; full = every weight
@@ -361,9 +427,36 @@ class Trainer:
                                       "step": step + 1, "sampler": self.sampler.state_dict(),
                                       "rng": torch.get_rng_state(), "wandb_id": self.wandb_id,
                                       "strategy": self.strategy.spec(),
-                                      "model_path": str(Path(self.model_path).resolve())},
+                                      "model_path": str(Path(self.model_path).resolve()),
+                                      "in_flight": self._in_flight_state(step + 1)},
                                 asdict(self.run))
         return checkpoint.commit(tmp, self.run.trainer.keep_last)
+
+    def _in_flight_state(self, step: int) -> dict | None:
+        """The rollout launched for `step` before this checkpoint (off_policy_steps = 1), waited
+        for and kept whole: it was sampled with weights the checkpoint no longer holds, so a
+        resumed run trains on this same batch, as the straight run does."""
+        import ray
+
+        r = self._rollouts.get(step)
+        if r is None:
+            return None
+        return {"step": step, "batch": ray.get(r.scored).to_state(),
+                "metrics": ray.get(r.metrics), "planned": list(r.planned),
+                "parts": [[asdict(q) for q in p] for p in r.parts]}
+
+    def _restore_in_flight(self, state: dict | None) -> None:
+        import ray
+
+        from rollout.trajectory import TrajectoryBatch
+
+        if state is None:
+            return
+        parts = [[RolloutRequest(**q) for q in p] for p in state["parts"]]
+        batch = TrajectoryBatch.from_state(state["batch"])
+        self._rollouts[int(state["step"])] = Rollout(
+            int(state["step"]), parts, list(state["planned"]), ray.put(batch),
+            ray.put(state["metrics"]), self.rollout_restarts)
 
     def export_model(self, out: Path) -> Path:
         """The trained model as a Hugging Face folder with its temperature policy
@@ -395,7 +488,8 @@ class Trainer:
         ray.get(self.meta.load_state_dict.remote(driver["meta"]))
         self.sampler.load_state_dict(driver["sampler"])
         torch.set_rng_state(driver["rng"])
-        self.start_step = int(driver["step"])
+        self.start_step = self.weight_version = int(driver["step"])
+        self._restore_in_flight(driver.get("in_flight"))
         self.sync_weights("full")
         print(f"resumed from {ckpt} at step {self.start_step} (data epoch "
               f"{self.sampler.epoch}, position {self.sampler.pos})")
@@ -507,6 +601,17 @@ def _split_groups(reqs: list[RolloutRequest], parts: int) -> list[list[RolloutRe
     for j, g in enumerate(groups.values()):
         out[j % parts].extend(g)
     return out
+
+
+def _idle_ratios(wall: float, learner_s: float, rollout_s: float) -> dict[str, float]:
+    """The share of a step's wall time the learner ranks and the rollout engines were not
+    working (verl logs trainer/idle_ratio): `learner_s` = train_step's own time (mean over ranks),
+    `rollout_s` = the generation that ran during the step (this step's batch when synchronous,
+    the next step's when it overlaps this update), per rollout actor."""
+    def idle(busy: float) -> float:
+        return min(1.0, max(0.0, 1.0 - busy / wall)) if wall > 0 else 0.0
+
+    return {"perf/idle_ratio_learner": idle(learner_s), "perf/idle_ratio_rollout": idle(rollout_s)}
 
 
 def _mean_dicts(dicts: list[dict]) -> dict[str, float]:

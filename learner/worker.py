@@ -221,6 +221,7 @@ class LearnerWorker:
         """
         if phase not in ("theta", "phi", "joint"):
             raise ValueError(f"phase ({phase!r}) must be theta, phi or joint")
+        t_start = time.perf_counter()
         rows_in = len(batch)
         stats: dict[str, float] = {}
         if self.cfg.skip_zero_adv:
@@ -253,6 +254,7 @@ class LearnerWorker:
         if candidates:  # TAMPO averages over ALL the step's trajectories, dropped ones included
             meta = {"loglik": old["loglik"], "advantages": part.advantages,
                     "rows": rows_in if self.rank == 0 else 0}
+        stats["timing_s/learner"] = time.perf_counter() - t_start  # the whole call (idle ratio)
         return stats, meta
 
     def update_theta(self, batch: TrajectoryBatch, old: dict[str, Tensor] | None = None,

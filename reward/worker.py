@@ -46,6 +46,7 @@ class RewardWorker:
         metrics = rollout_metrics(batch)
         metrics.update({f"reward/{k}": float(v) for k, v in pool_stats.items()})
         metrics["timing_s/reward"] = time.perf_counter() - t0
+        metrics["rollout/policy_version"] = float(batch.policy_version)
         for key in ("gen_s", "gen_tokens"):
             metrics[f"rollout/{key}"] = sum(float(b.stats.get(key, 0.0)) for b in batches)
         return batch.validate(), metrics

@@ -58,6 +58,9 @@ class TrajectoryBatch:
     """'stop' (EOS) or 'length' (max_new_tokens)"""
     response_texts: list[str]
     step: int = 0
+    policy_version: int = 0
+    """the weight version that generated the batch: the number of learner updates the engine's
+    weights had had (0 = the initial model); a step's staleness is step - policy_version"""
     gate: Optional[Tensor] = None
     """(B, T) float32 IntroLLM gate c_t (1 = new temperature drawn)"""
     z: Optional[Tensor] = None
@@ -114,6 +117,15 @@ class TrajectoryBatch:
                 raise SchemaError("gate must be 0 or 1 on every generated token")
         return self
 
+    def to_state(self) -> dict:
+        """Plain tensors, strings, numbers and dicts (``torch.load(weights_only=True)`` reads
+        them back): a checkpoint keeps the batch that was in flight (``launch.trainer``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @staticmethod
+    def from_state(state: dict) -> "TrajectoryBatch":
+        return TrajectoryBatch(**state).validate()
+
     # ------------------------------------------------------------------ reshaping
 
     def select(self, index: Tensor | list[int]) -> "TrajectoryBatch":
@@ -164,6 +176,8 @@ class TrajectoryBatch:
                 kw[f.name] = {k: v for x in batches for k, v in x.stats.items()}
             elif f.name == "step":
                 kw[f.name] = values[0]
+            elif f.name == "policy_version":  # the oldest: staleness is never understated
+                kw[f.name] = min(values)
             elif any(v is not None for v in values):
                 raise SchemaError(f"concat: field {f.name} is set in some batches but not all")
             else:

@@ -59,6 +59,9 @@ class RolloutWorker:
         random.seed(seed + worker_index)
         torch.manual_seed(seed + worker_index)
         self.engine = build_engine(model_path, strategy, cfg, dtype, seed + worker_index)
+        self.weight_version = 0
+        """learner updates the engine's weights have had (0 = the model folder's); set by the
+        trainer with each weight sync, stamped on every batch (TrajectoryBatch.policy_version)"""
         self.stale = _restarted_actor()
         """a Ray actor restarted after a crash holds the model folder's weights, not the run's:
         it refuses to generate until the trainer has sent it the current ones"""
@@ -71,8 +74,10 @@ class RolloutWorker:
                                     "been sent the run's current weights yet")
         kwargs = {"greedy": True} if greedy else {}
         try:
-            return self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
-                                        **kwargs)
+            batch = self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
+                                         **kwargs)
+            batch.policy_version = self.weight_version
+            return batch
         except Exception:
             exit_if_engine_died(self.engine, self.worker_index)
             raise
@@ -82,14 +87,18 @@ class RolloutWorker:
         """Only the decoded responses (evaluation: no tensors leave the actor)."""
         return self.generate(requests, step, seed, greedy).response_texts
 
-    def load_weights(self, state_dict: dict) -> float:
-        """Load θ and/or φ weights; returns the seconds the engine took."""
-        return self.engine.load_weights(state_dict)
+    def load_weights(self, state_dict: dict, version: int | None = None) -> float:
+        """Load θ and/or φ weights (after learner update number ``version``, when given);
+        returns the seconds the engine took."""
+        seconds = self.engine.load_weights(state_dict)
+        if version is not None:
+            self.weight_version = int(version)
+        return seconds
 
-    def load_all_weights(self, state_dict: dict) -> float:
+    def load_all_weights(self, state_dict: dict, version: int | None = None) -> float:
         """Load a FULL set of the run's weights (θ, and φ where there is a head): the resync
         after a restart, which clears ``stale``."""
-        seconds = self.load_weights(state_dict)
+        seconds = self.load_weights(state_dict, version)
         self.stale = False
         return seconds
 

@@ -100,7 +100,7 @@ def test_help_lists_every_benchmark_and_each_has_its_own(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: python -m launch.bench")
-    names = ("rollout", "learner", "trl", "gpu")
+    names = ("rollout", "learner", "trl", "pipeline", "gpu")
     assert len(SUBCOMMANDS) == len(names) and all(name in text for name in names)
     for name in names:
         with pytest.raises(SystemExit):

@@ -92,6 +92,11 @@ def test_linear_schedule_gets_total_steps_from_trainer():
      ["divisible", "num_ranks"]),
     (["learner.kl_coef=0.1"], ["learner.skip_zero_adv", "kl_coef", "skip_zero_adv=false"]),
     (["learner.clip_ratio_c=1.0"], ["learner.clip_ratio_c", "1.0", "> 1 or null", "3.0"]),
+    (["trainer.off_policy_steps=2"], ["trainer.off_policy_steps", "2", "0 or 1", "=1"]),
+    (["trainer.off_policy_steps=1", "cluster.colocate=true", "cluster.placement=pack"],
+     ["trainer.off_policy_steps", "colocate", "cannot overlap", "cluster.colocate=false"]),
+    (["trainer.off_policy_steps=1", "learner.tis_cap=null"],
+     ["trainer.off_policy_steps", "learner.tis_cap", "importance weight", "tis_cap=2.0"]),
 ])
 def test_bad_values_fail_with_key_value_rule_and_fix(overrides, needles):
     with pytest.raises(ConfigError) as err:

@@ -239,7 +239,7 @@ def test_trajectories_move_by_ref_and_never_enter_the_driver(tiny_model_dir, tmp
         assert 0.0 <= metrics["critic/score/mean"] <= 1.0 and "tampo/pi_entropy" in metrics
 
         # the detectors have teeth: fetching a batch in the driver trips both
-        reqs = trainer.requests_for(1)[0]
+        reqs = trainer.requests_for(1)[0][0]  # (parts, planned): actor 0's part
         spy_get(trainer.rollout[0].generate.remote(reqs, 1, 0))
         found = []
         _received(gets[-1], found)

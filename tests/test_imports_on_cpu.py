@@ -37,7 +37,7 @@ LIBRARY_CLIS = {
 
 BENCH_MAIN = "launch.bench.__main__"
 BENCH_PARTS = {"launch.bench.rollout", "launch.bench.learner", "launch.bench.trl",
-               "launch.bench.gpu"}
+               "launch.bench.pipeline", "launch.bench.gpu"}
 """Subcommands of ``python -m launch.bench``: imported by its ``__main__`` alone (the shared
 helpers are ``launch.bench.harness``)."""
 

@@ -96,11 +96,16 @@ def wandb_ids(run_dir):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("off_policy", [0, 1])
+def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir, off_policy):
+    """Killed after the step-2 checkpoint and resumed: every step's metrics, theta and the
+    optimizer equal a straight run's. One step off-policy, step 3's rollout was in flight at the
+    checkpoint (sampled with weights it no longer holds): it was kept whole and is trained on."""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    finish(launch(straight, tiny_model_dir))
+    mode = f"trainer.off_policy_steps={off_policy}"
+    finish(launch(straight, tiny_model_dir, mode))
 
-    proc = launch(broken, tiny_model_dir)
+    proc = launch(broken, tiny_model_dir, mode)
     wait_for(broken / "checkpoints" / "step_000002" / "COMPLETE", proc)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, no clean-up
@@ -109,13 +114,16 @@ def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir
                     if (p / "COMPLETE").exists())
     assert killed_at < 4, "the run finished before the kill"
 
-    out = finish(launch(broken, tiny_model_dir, "trainer.resume=auto"))
+    out = finish(launch(broken, tiny_model_dir, mode, "trainer.resume=auto"))
     assert "resumed from" in out and f"at step {killed_at}" in out
     if killed_at == 2:
         assert "data epoch 1, position 0" in out or "data epoch 0, position 8" in out
 
     a, b = step_rows(straight), step_rows(broken)
     assert sorted(b) == sorted(a) == [0, 1, 2, 3, 4]  # no step lost or logged twice
+    assert [a[s]["rollout/staleness"] for s in (1, 2, 3, 4)] == [0] + [off_policy] * 3
+    in_flight = load_driver_state(broken / "checkpoints" / f"step_{killed_at:06d}")["in_flight"]
+    assert (in_flight is not None) == bool(off_policy)
     for step in a:
         assert b[step] == a[step], f"step {step} differs after resume"
     (ta, oa), (tb, ob) = theta(straight, 4), theta(broken, 4)
@@ -228,10 +236,13 @@ def test_a_dead_learner_rank_stops_the_run_by_name_and_it_resumes(tmp_path, tiny
 
 @pytest.mark.slow
 def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, tiny_model_dir):
-    """The rollout actor is killed after step 2 (it comes back with the model folder's weights
-    and must be resynced before it generates), the reward actor after step 5."""
+    """One step off-policy (a generation is in flight during every update), the rollout actor
+    is killed after step 2 (it comes back with the model folder's weights and must be resynced
+    before it generates: the rollouts it held are generated again), the reward actor after
+    step 5."""
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=8", "meta=fixed")
+    proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=8", "meta=fixed",
+                  "trainer.off_policy_steps=1")
     wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
     kill_actor(proc, "RolloutWorker")
     wait_for(run_dir / "checkpoints" / "step_000005" / "COMPLETE", proc)

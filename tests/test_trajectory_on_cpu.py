@@ -66,3 +66,24 @@ def test_select_split_concat_round_trip():
         b.split(2)
     with pytest.raises(SchemaError, match="some batches but not all"):
         TrajectoryBatch.concat([make(phi=False), make(phi=True)])
+
+
+def test_a_batch_survives_a_safe_checkpoint_round_trip_with_its_policy_version(tmp_path):
+    """The batch in flight at a checkpoint is stored as plain values and read back with
+    torch.load(weights_only=True): equal field by field, its weight version kept."""
+    batch = make()
+    batch.policy_version, batch.stats = 7, {"gen_s": 0.5}
+    batch.rewards = torch.tensor([1.0, 0.0, 1.0])
+    torch.save({"in_flight": batch.to_state()}, tmp_path / "x.pt")
+    back = TrajectoryBatch.from_state(torch.load(tmp_path / "x.pt", weights_only=True)["in_flight"])
+    for name, value in batch.to_state().items():
+        got = getattr(back, name)
+        assert torch.equal(got, value) if isinstance(value, torch.Tensor) else got == value, name
+    assert back.policy_version == 7
+
+
+def test_concat_keeps_the_oldest_policy_version():
+    a, b = make(), make()
+    a.policy_version, b.policy_version = 3, 2
+    assert TrajectoryBatch.concat([a, b]).policy_version == 2
+    assert a.select([0, 1]).policy_version == 3

@@ -5,6 +5,7 @@
     rollout.py   ``rollout``: engine tokens/s, IntroLLM head vs fixed tau, vLLM vs transformers
     learner.py   ``learner``: theta vs phi step, TAMPO's l_k share of a step
     trl.py       ``trl``: seconds per GRPO step, this system vs TRL's GRPOTrainer
+    pipeline.py  ``pipeline``: seconds per step, synchronous vs one step off-policy
     gpu.py       ``gpu``: GPU-sized random-weight models (torch + transformers only)
 
 Adding a benchmark: a module with ``add_<name>_parser(sub)`` (its options and

@@ -31,9 +31,6 @@ import json
 import os
 import tempfile
 import threading
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]  # the repository (conf/ is read from there)
 
 
 def add_trl_parser(sub) -> None:
@@ -58,20 +55,15 @@ def add_trl_parser(sub) -> None:
 
 def our_config(args, run_dir: str):
     """Our RunConfig for the benchmark (Hydra composition of conf/, as ``launch.run`` does)."""
-    from hydra import compose, initialize_config_dir
+    from launch.bench.harness import compose_run
 
-    from launch.config import validate
-
-    overrides = ["+experiment=fixed", "meta.temperature=1.0", f"seed={args.seed}",
+    return compose_run(["+experiment=fixed", "meta.temperature=1.0", f"seed={args.seed}",
                  f"trainer.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
                  f"rollout.max_new_tokens={args.max_new_tokens}", f"learner.lr={args.lr}",
                  f"learner.micro_batch_size={args.micro_batch_size}", "trainer.dump_every=0",
                  f"learner.skip_zero_adv={str(args.skip_zero_adv).lower()}",
                  f"trainer.total_steps={args.warmup + args.reps}",
-                 *args.overrides]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return validate(cfg)
+                 *args.overrides])
 
 
 class PausedTRL:
