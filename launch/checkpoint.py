@@ -296,5 +296,5 @@ def logged_base_eval(path: Path) -> dict[str, float]:
         for line in Path(path).read_text().splitlines():
             row = json.loads(line)
             if row.get("step") == 0:
-                out.update({k: v for k, v in row.items() if k.startswith("eval_base/")})
+                out.update({k: v for k, v in row.items() if k.startswith("eval_base")})
     return out

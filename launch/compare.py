@@ -1,18 +1,30 @@
-"""Compare temperature strategies over seeds: one command, one markdown table, plots side by side.
+"""Compare temperature strategies over seeds: one command, paired differences against a
+baseline with intervals, a markdown table, a JSON of every number, plots side by side.
 
     python -m launch.compare                                    # the default set x seeds 0 1 2
     python -m launch.compare --seeds 0 1 --only fixed-1.0 introllm --out runs/compare
+    python -m launch.compare --baseline fixed-1.0 --eval-size 1000 --eval-samples 8
     python -m launch.compare --set "mine=+experiment=introllm meta.tau_max=2.0" \\
         -- trainer.total_steps=60
 
 Each (strategy, seed) is a full ``python -m launch.run`` in its own folder ``OUT/<name>-s<seed>``,
 one after another (each run uses the whole machine). A run whose folder already holds
 ``final_metrics.json`` is not run again, so an interrupted comparison continues where it stopped.
-Then ``OUT/comparison.md`` gets, per strategy, the held-out Avg@k and Pass@k of the last
-evaluation as mean ± std over seeds (and the base model's, evaluated by every run at step 0),
-and ``OUT/comparison.png`` the held-out accuracy and mean τ over steps, one line per strategy.
-Seeds change the data order, the held-out problems, the strategy's draws and the sampling, so a
-comparison is repeatable on the same machine.
+
+``OUT/comparison.md`` then has two tables. The first: per strategy, the last evaluation's
+held-out Avg@k, Pass@k and greedy accuracy (argmax, one response: ``eval.greedy``) as mean ± std
+over seeds, and the base model's (every run evaluates it at step 0). The second: each strategy
+minus the baseline (``--baseline``; default: the fixed temperature with the best mean final Avg@k),
+paired: runs of one seed share the prompt order and the held-out problems, so the difference is
+taken problem by problem and its 95 % interval comes from a paired bootstrap over problems and
+seeds (``launch.paired``), with the smallest difference these seeds and problems can detect.
+``OUT/comparison.json`` holds every number; ``OUT/comparison.png`` the held-out accuracy and mean τ
+over steps, one line per strategy. Seeds change the data order, the held-out problems, the
+strategy's draws and the sampling, so a comparison is repeatable on the same machine.
+
+The ``random-reward`` row is the random-reward control: fixed T = 1.0 trained on coin flips with
+the batch's verifier mean instead of the verifier's rewards (``reward.random_control``): what a
+strategy gains beyond it is what the verifier adds.
 """
 
 from __future__ import annotations
@@ -39,7 +51,10 @@ DEFAULT_SET = {
     "edt": "+experiment=edt",
     "tampo": "+experiment=tampo",
     "introllm": "+experiment=introllm",
+    "random-reward": "+experiment=fixed meta.temperature=1.0 reward.random_control=true",
 }
+METRICS = ("avg", "pass", "greedy")
+"""the paired metrics: Avg@k, Pass@k (k = eval.samples), greedy accuracy"""
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,7 +79,8 @@ def run_one(out: Path, name: str, seed: int, overrides: str, extra: list[str]) -
 
 
 def final_numbers(run_dir: Path) -> dict[str, float]:
-    """base/final Avg@k and Pass@k (group 'all') and the run's seconds, from final_metrics.json."""
+    """base/final Avg@k, Pass@k and greedy accuracy (group 'all') and the run's seconds, from
+    final_metrics.json."""
     fm = json.loads((Path(run_dir) / "final_metrics.json").read_text())
     out = {"seconds": float(fm.get("seconds", float("nan")))}
     for key, v in fm.items():
@@ -73,6 +89,82 @@ def final_numbers(run_dir: Path) -> dict[str, float]:
                 metric = key[len(prefix):]
                 if metric != "pass@1":
                     out[f"{label}/{metric}"] = float(v)
+        for prefix, label in (("eval_base_greedy/all/", "base"), ("eval_greedy/all/", "final")):
+            if key == prefix + "avg@1":
+                out[f"{label}/greedy"] = float(v)
+    return out
+
+
+def problem_records(run_dir: Path, greedy: bool = False) -> dict[str, list[float]] | None:
+    """{problem_id: rewards} of a run's last evaluation (``evals/step_*.jsonl``), None if the
+    run wrote none (an older run, or eval.greedy=false for the greedy column)."""
+    from launch.metrics import read_problem_records
+
+    files = sorted(p for p in (Path(run_dir) / "evals").glob("step_*.jsonl")
+                   if p.stem.endswith("_greedy") == greedy)
+    return read_problem_records(files[-1]) if files else None
+
+
+def default_baseline(results: dict[str, list[dict[str, float]]]) -> str:
+    """The fixed temperature with the best mean final Avg@k (the comparison's first strategy when
+    none is fixed)."""
+    def avg(name):
+        xs = [v for r in results[name] for k, v in r.items() if k.startswith("final/avg@")]
+        return sum(xs) / len(xs) if xs else float("-inf")
+
+    fixed = [n for n in results if n.startswith("fixed")]
+    return max(fixed, key=avg) if fixed else next(iter(results))
+
+
+def paired(runs: dict[str, list[Path]], seeds: list[int], baseline: str,
+           reps: int = 10_000) -> dict[str, dict[str, dict]]:
+    """{strategy: {metric: paired_bootstrap(...) vs the baseline}} for every other strategy,
+    over the metrics whose per-problem records both have."""
+    from launch.paired import paired_bootstrap, paired_differences
+
+    def records(name: str, greedy: bool):
+        got = {s: problem_records(d, greedy) for s, d in zip(seeds, runs[name])}
+        return None if any(v is None for v in got.values()) else got
+
+    out: dict[str, dict[str, dict]] = {}
+    for name in runs:
+        if name == baseline:
+            continue
+        out[name] = {}
+        for metric in METRICS:
+            greedy = metric == "greedy"
+            a, b = records(name, greedy), records(baseline, greedy)
+            if a is not None and b is not None:
+                score = "pass" if metric == "pass" else "avg"
+                out[name][metric] = paired_bootstrap(paired_differences(a, b, score), reps)
+    return out
+
+
+def paired_table(diffs: dict[str, dict[str, dict]], baseline: str, k: str) -> str:
+    """Markdown: one row per strategy, its difference to the baseline per metric with the 95 %
+    interval (marked * when the interval excludes 0), then the smallest detectable difference."""
+    names = {"avg": f"Avg@{k}", "pass": f"Pass@{k}", "greedy": "greedy"}
+    head = ["strategy"] + [f"{names[m]} − {baseline} [95 % CI]" for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, by_metric in diffs.items():
+        cells = [name]
+        for m in METRICS:
+            r = by_metric.get(m)
+            cells.append("-" if r is None else "{:+.3f} [{:+.3f}, {:+.3f}]{}".format(
+                r["diff"], r["lo"], r["hi"], "" if r["covers_zero"] else " *"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def detectable(diffs: dict[str, dict[str, dict]]) -> dict[str, float]:
+    """Per metric, the median over strategies of the smallest detectable difference."""
+    import statistics
+
+    out = {}
+    for m in METRICS:
+        xs = [d[m]["mde"] for d in diffs.values() if m in d]
+        if xs:
+            out[m] = statistics.median(xs)
     return out
 
 
@@ -120,15 +212,41 @@ def plot(out: Path, runs: dict[str, list[Path]]) -> Path:
     return path
 
 
-def write_comparison(out: Path, runs: dict[str, list[Path]]) -> Path:
+def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | None = None,
+                     baseline: str | None = None, reps: int = 10_000) -> Path:
+    """comparison.md, comparison.json and comparison.png from the runs' folders."""
+    seeds = list(range(len(next(iter(runs.values()))))) if seeds is None else seeds
     results = {name: [final_numbers(d) for d in dirs] for name, dirs in runs.items()}
+    baseline = baseline or default_baseline(results)
+    if baseline not in runs:
+        raise ValueError(f"--baseline {baseline!r} is not one of the compared strategies "
+                         f"{sorted(runs)}")
+    diffs = paired(runs, seeds, baseline, reps)
+    k = next((key.split("@")[1] for r in results[baseline] for key in r
+              if key.startswith("final/avg@")), "k")
+    mde = detectable(diffs)
     png = plot(out, runs)
     text = ["# Strategy comparison", "",
             "Held-out accuracy of each strategy's last evaluation (and of the base model, "
             "evaluated by each run at step 0), mean ± std over seeds. Runs: "
             + ", ".join(f"`{d.name}`" for dirs in runs.values() for d in dirs) + ".", "",
-            table(results), "", f"![comparison]({png.name})", "",
-            "Each run's own plots and numbers: `<run>/report.md`.", ""]
+            table(results), "",
+            f"Paired differences to **{baseline}** (the same seeds, problem by problem; 95 % "
+            f"interval from a paired bootstrap over held-out problems and seeds; * = the "
+            f"interval excludes 0, otherwise this comparison cannot tell the two apart):", "",
+            paired_table(diffs, baseline, k), ""]
+    if mde:
+        text += ["Smallest difference these sizes detect (80 % power, 95 % interval; median "
+                 f"over strategies; {len(seeds)} seeds): "
+                 + ", ".join(f"{m} {v:.3f}" for m, v in mde.items())
+                 + ". It shrinks as 1 / sqrt(seeds x problems): `--seeds`, `--eval-size`.", ""]
+    text += [f"![comparison]({png.name})", "",
+             "Each run's own plots and numbers: `<run>/report.md`. Every number: "
+             "`comparison.json`.", ""]
+    (out / "comparison.json").write_text(json.dumps(
+        {"baseline": baseline, "seeds": seeds, "runs": {n: [str(d) for d in ds]
+                                                         for n, ds in runs.items()},
+         "results": results, "paired": diffs, "detectable": mde}, indent=2))
     path = out / "comparison.md"
     path.write_text("\n".join(text))
     return path
@@ -148,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="a strategy of your own: a name and its launch.run overrides (with "
                          "--set and no --only, only the --set strategies run)")
     ap.add_argument("--out", default="runs/compare")
+    ap.add_argument("--baseline", default=None,
+                    help="the strategy the others are paired against (default: the fixed "
+                         "temperature with the best mean final Avg@k)")
+    ap.add_argument("--eval-size", type=int, default=None,
+                    help="held-out problems per run (data.eval_size)")
+    ap.add_argument("--eval-samples", type=int, default=None,
+                    help="responses per held-out problem, k of Avg@k / Pass@k (eval.samples)")
+    ap.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples")
     args = ap.parse_args(argv)
     strategies = dict(DEFAULT_SET)
     for item in args.set:
@@ -164,11 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         strategies = {n: strategies[n] for n in args.only}
     elif args.set:
         strategies = {n: strategies[n] for n in [i.partition("=")[0] for i in args.set]}
+    if args.baseline is not None and args.baseline not in strategies:
+        ap.error(f"--baseline {args.baseline!r} is not one of the compared strategies "
+                 f"{sorted(strategies)}")
+    sizes = ([f"data.eval_size={args.eval_size}"] if args.eval_size else []) + (
+        [f"eval.samples={args.eval_samples}"] if args.eval_samples else [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {name: [run_one(out, name, s, ov, extra) for s in args.seeds]
+    runs = {name: [run_one(out, name, s, ov, sizes + extra) for s in args.seeds]
             for name, ov in strategies.items()}
-    path = write_comparison(out, runs)
+    path = write_comparison(out, runs, args.seeds, args.baseline, args.reps)
     print(path.read_text())
     return 0
 

@@ -114,6 +114,9 @@ class RewardConfig:
     """per-answer time limit; a time-out scores 0 and is counted"""
     format_weight: float = 0.0
     """weight of the optional format reward (has a \\boxed{}); reward stays in [0, 1]"""
+    random_control: bool = False
+    """the random-reward control: the learner gets coin flips with the batch's verifier mean
+    instead of the verifier's rewards (critic/score/* and every evaluation stay the verifier's)"""
 
     def __post_init__(self):
         _require(self.num_workers >= 0, "reward.num_workers", self.num_workers, "must be >= 0",
@@ -204,6 +207,9 @@ class EvalConfig:
     temperature_mode: str = "sample"
     """sample (the strategy's temperatures; IntroLLM's head samples its actions) | mean (IntroLLM:
     the Beta mean instead of a draw) | greedy (argmax, no temperature)"""
+    greedy: bool = True
+    """also evaluate greedily (one argmax response per problem, tau = 1) before training and at
+    the end: keys eval_base_greedy/ and eval_greedy/ (the greedy accuracy is avg@1)"""
     checkpoint: Optional[str] = None
     """launch.evaluate only: a checkpoint folder (step_NNNNNN) or run folder whose newest
     checkpoint's theta and phi are evaluated; null = the model folder (model.path) as it is"""

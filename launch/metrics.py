@@ -1,13 +1,16 @@
 """Evaluation metrics over k samples per problem: Avg@k, Pass@k (unbiased), maj@k, per group;
-the groups a problem counts under; the results table.
+the groups a problem counts under; the results table; each problem's results on disk.
 
 Pure Python; inputs are per-problem lists of (correct, answer) for the k samples.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter, defaultdict
 from math import comb
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -76,3 +79,26 @@ def format_table(metrics: dict[str, float], k: int) -> str:
                metrics.get(f"{g}/maj@{k}", float("nan"))]
         lines.append(f"{g:<16} {row[0]:>5.0f} " + " ".join(f"{v:>8.3f}" for v in row[1:]))
     return "\n".join(lines)
+
+
+def write_problem_records(path: Path, records: list[dict]) -> Path:
+    """One JSON line per held-out problem (``problem_id``, ``correct``: the k rewards,
+    ``answers``, ``groups``), written atomically (temporary file, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+    return path
+
+
+def read_problem_records(path: Path) -> dict[str, list[float]]:
+    """{problem_id: its k rewards} from a file ``write_problem_records`` wrote."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        if row["problem_id"] in out:
+            raise ValueError(f"{path}: problem {row['problem_id']!r} appears twice; problem ids "
+                             f"must be unique within a held-out set")
+        out[row["problem_id"]] = [float(c) for c in row["correct"]]
+    return out

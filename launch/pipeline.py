@@ -108,5 +108,9 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
         if part:
             print(f"held-out evaluation {label} ({len(heldout)} problems x {k} samples):")
             print(format_table(part, k))
+    before, after = final.get("eval_base_greedy/all/avg@1"), final.get("eval_greedy/all/avg@1")
+    if after is not None:
+        print(f"greedy accuracy (argmax, one response per problem): "
+              f"{'-' if before is None else f'{before:.3f}'} before, {after:.3f} after training")
     print(f"done in {summary['seconds']:.0f}s; run folder: {os.path.abspath(run_dir)}")
     return summary

@@ -219,7 +219,7 @@ class Trainer:
             for i in range(run.rollout.num_actors)]
         self.reward = ray.remote(RewardWorker).options(name="reward", num_cpus=1, **restart).remote(
             run.reward.num_workers, run.reward.timeout_s, run.reward.format_weight,
-            run.learner.norm_adv_by_std, self.pad_id)
+            run.learner.norm_adv_by_std, self.pad_id, run.reward.random_control, run.seed)
         self.meta = ray.remote(MetaWorker).options(name="meta", num_cpus=0).remote(
             self.strategy, run.seed)
         addr, port = place.rendezvous()
@@ -380,14 +380,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out Avg@k / Pass@k / maj@k, overall, per family and per level."""
+    def evaluate(self, step: int, greedy_column: bool = False) -> dict[str, float]:
+        """Held-out Avg@k / Pass@k / maj@k, overall, per family and per level (keys eval/...);
+        ``greedy_column``: one argmax response per problem instead (keys eval_greedy/..., the
+        greedy accuracy as avg@1). Each problem's results also go to
+        ``evals/step_NNNNNN[_greedy].jsonl`` in the run folder (``launch.compare`` pairs runs by
+        them)."""
         import ray
 
-        from launch.metrics import groups_of, summarize
+        from launch.metrics import groups_of, summarize, write_problem_records
         from reward.extract import last_boxed
 
-        run, k = self.run, self.run.eval.samples
+        run = self.run
+        k = 1 if greedy_column else run.eval.samples
         if not self.heldout:
             return {}
         if run.eval.temperature is not None:
@@ -396,8 +401,8 @@ class Trainer:
             temps = ray.get(self.meta.plan.remote(step, len(self.heldout), for_eval=True))
         reqs = [RolloutRequest(self.heldout_ids[i], i, temps[i], p.id, p.task, p.answer, p.level,
                                p.meta) for i, p in enumerate(self.heldout) for _ in range(k)]
-        greedy = run.eval.temperature_mode == "greedy"
-        mode = "mean" if run.eval.temperature_mode == "mean" else "sample"
+        greedy = greedy_column or run.eval.temperature_mode == "greedy"
+        mode = "mean" if run.eval.temperature_mode == "mean" and not greedy else "sample"
         ray.get([a.set_temperature_mode.remote(mode) for a in self.rollout])
         parts = _split_groups(reqs, len(self.rollout))
         texts_refs = [a.generate_texts.remote(p, step, eval_seed(run.seed, step), greedy)
@@ -409,7 +414,19 @@ class Trainer:
         records = [{"correct": rewards[i * k:(i + 1) * k],
                     "answers": [last_boxed(t) for t in texts[i * k:(i + 1) * k]],
                     "groups": groups_of(p)} for i, p in enumerate(self.heldout)]
-        return {f"eval/{key}": v for key, v in summarize(records, ks=tuple(sorted({1, k}))).items()}
+        tag = "_greedy" if greedy_column else ""
+        write_problem_records(self.run_dir / "evals" / f"step_{step:06d}{tag}.jsonl",
+                              [{"problem_id": p.id, **r} for p, r in zip(self.heldout, records)])
+        prefix = "eval_greedy" if greedy_column else "eval"
+        return {f"{prefix}/{key}": v
+                for key, v in summarize(records, ks=tuple(sorted({1, k}))).items()}
+
+    def evaluate_all(self, step: int) -> dict[str, float]:
+        """The evaluation of `step` (eval.*), plus the greedy column with eval.greedy."""
+        out = self.evaluate(step)
+        if self.run.eval.greedy:
+            out.update(self.evaluate(step, greedy_column=True))
+        return out
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -503,7 +520,8 @@ class Trainer:
         total = run.trainer.total_steps
         last: dict[str, float] = {}
         if self.start_step == 0:
-            base = {k.replace("eval/", "eval_base/"): v for k, v in self.evaluate(0).items()}
+            base = {k.replace("eval", "eval_base", 1): v
+                    for k, v in self.evaluate_all(0).items()}
             if base:
                 logger.log(0, base)
         else:  # resumed: the base model was evaluated (and logged) by the first run
@@ -519,7 +537,7 @@ class Trainer:
                 if run.eval.every and (step + 1) % run.eval.every == 0 and step + 1 < total:
                     metrics.update(self.evaluate(step + 1))
                 if step + 1 == total:
-                    metrics.update(self.evaluate(step + 1))
+                    metrics.update(self.evaluate_all(step + 1))
                 every = run.trainer.save_every
                 if every and ((step + 1) % every == 0 or step + 1 == total):
                     self.save(step)

@@ -23,8 +23,10 @@ from rollout.trajectory import TrajectoryBatch
 
 class RewardWorker:
     def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, format_weight: float = 0.0,
-                 norm_adv_by_std: bool = True, pad_id: int = 0):
+                 norm_adv_by_std: bool = True, pad_id: int = 0, random_control: bool = False,
+                 seed: int = 0):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.random_control, self.seed = random_control, seed
         self.pool = RewardPool(num_workers=num_workers, timeout_s=timeout_s,
                                format_weight=format_weight)
         self.norm_adv_by_std = norm_adv_by_std
@@ -41,9 +43,12 @@ class RewardWorker:
         items = list(zip(batch.tasks, batch.response_texts, batch.answers, batch.metas))
         rewards, pool_stats = self.pool.score_batch(items)
         batch.rewards = torch.tensor(rewards, dtype=torch.float32)
+        metrics = rollout_metrics(batch)  # the verifier's scores, control or not
+        if self.random_control:
+            batch.rewards = coin_flips(batch.rewards, self.seed, batch.step)
+            metrics["reward/random_control_mean"] = batch.rewards.mean().item()
         batch.advantages = compute_grpo_advantages(batch.rewards, batch.group_index,
                                                    self.norm_adv_by_std)
-        metrics = rollout_metrics(batch)
         metrics.update({f"reward/{k}": float(v) for k, v in pool_stats.items()})
         metrics["timing_s/reward"] = time.perf_counter() - t0
         metrics["rollout/policy_version"] = float(batch.policy_version)
@@ -91,6 +96,14 @@ def _tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+def coin_flips(rewards: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """The random-reward control's rewards: one Bernoulli(p) draw per response, p = the mean of
+    the verifier's `rewards` for the batch, seeded by (seed, step) so a step repeats exactly."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2 ** 63))
+    p = torch.full_like(rewards, float(rewards.mean()))
+    return torch.bernoulli(p, generator=g)
 
 
 def rollout_metrics(batch: TrajectoryBatch) -> dict[str, float]:

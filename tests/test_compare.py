@@ -7,17 +7,54 @@ import json
 import pytest
 
 from launch.compare import final_numbers, main, table, write_comparison
+from launch.metrics import write_problem_records
 from tests.test_analyze_on_cpu import _write_run
 
 
-def _fake_run(root, name, avg, seconds=100.0):
+def _fake_run(root, name, avg, seconds=100.0, correct=None):
+    """A finished run's folder; `correct`: per-problem rewards of its last evaluation (k = 4),
+    written as the trainer writes them (and the greedy column: the first of the 4)."""
     d = root / name
     d.mkdir()
     _write_run(d, tampo=False)
     (d / "final_metrics.json").write_text(json.dumps({
         "seconds": seconds, "eval_base/all/avg@4": 0.30, "eval_base/all/pass@4": 0.6,
         "eval/all/avg@4": avg, "eval/all/pass@4": 0.62, "eval/all/pass@1": avg}))
+    if correct is not None:
+        for tag, k in (("", 4), ("_greedy", 1)):
+            write_problem_records(d / "evals" / f"step_000010{tag}.jsonl",
+                                  [{"problem_id": f"p{i}", "correct": c[:k], "groups": []}
+                                   for i, c in enumerate(correct)])
     return d
+
+
+def test_paired_differences_against_the_best_fixed_temperature(tmp_path):
+    """Two seeds x 50 problems: 'hot' is better than fixed-1.0 on 20 problems of each seed, 'same'
+    equals it; the baseline is the better of the two fixed temperatures."""
+    base = [[1.0, 0.0, 0.0, 0.0]] * 25 + [[0.0] * 4] * 25
+    better = [[1.0] * 4] * 20 + base[20:]
+    runs = {name: [_fake_run(tmp_path, f"{name}-s{s}", avg, correct=c) for s in (0, 1)]
+            for name, avg, c in (("fixed-1.0", 0.125, base), ("fixed-0.5", 0.1, base),
+                                 ("hot", 0.5, better), ("same", 0.125, base))}
+    md = write_comparison(tmp_path, runs, seeds=[0, 1], reps=2000).read_text()
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    assert data["baseline"] == "fixed-1.0"
+    hot, same = data["paired"]["hot"], data["paired"]["same"]
+    assert hot["avg"]["diff"] == pytest.approx((20 * 1.0 - 20 * 0.25) / 50)
+    assert hot["pass"]["diff"] == pytest.approx(20 / 50 - 20 / 50)  # pass: both pass p0..p19
+    assert not hot["avg"]["covers_zero"] and hot["avg"]["lo"] > 0
+    assert same["avg"]["diff"] == same["avg"]["lo"] == same["avg"]["hi"] == 0.0
+    assert "Paired differences to **fixed-1.0**" in md and "| hot | +0.300 [" in md
+    paired_part = md.split("Paired differences")[1]
+    assert "] *" in paired_part.split("| hot |")[1].split("\n")[0]  # its interval excludes 0
+    assert "] *" not in paired_part.split("| same |")[1].split("\n")[0]
+    assert "Smallest difference these sizes detect" in md
+
+
+def test_a_baseline_outside_the_comparison_is_refused(tmp_path):
+    runs = {"a": [_fake_run(tmp_path, "a-s0", 0.4)]}
+    with pytest.raises(ValueError, match="--baseline 'nope' is not one of"):
+        write_comparison(tmp_path, runs, baseline="nope")
 
 
 def test_table_is_mean_and_std_over_seeds(tmp_path):
@@ -53,6 +90,8 @@ def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, tiny_mod
     assert main(args) == 0
     md = (tmp_path / "comparison.md").read_text()
     assert "| fixed-1.0 | 1 |" in md and "| tampo | 1 |" in md
+    assert "| tampo | " in md.split("Paired differences to **fixed-1.0**")[1]  # from real runs
+    assert json.loads((tmp_path / "comparison.json").read_text())["paired"]["tampo"]["greedy"]
     assert (tmp_path / "tampo-s0" / "report.md").exists()
     capsys.readouterr()
     assert main(args) == 0  # everything done before: reused, not run again

@@ -44,6 +44,31 @@ def test_reward_worker_scores_and_normalises_per_group(reward_worker, tmp_path):
     assert len(rows) == 5 and rows[1]["reward"] == 0.0 and len(rows[0]["tau"]) == 3
 
 
+def test_the_random_reward_control_learns_from_seeded_coin_flips_of_the_verifier_mean():
+    """reward.random_control: the learner's rewards are Bernoulli(p) with p = the verifier's batch
+    mean, the same for the same (seed, step); the logged score stays the verifier's."""
+    texts = ["\\boxed{4}"] * 30 + ["\\boxed{5}"] * 10  # verifier: 30 of 40 correct
+    w = RewardWorker(num_workers=0, random_control=True, seed=1)
+    try:
+        runs = [w.score(batch_with(texts, [i // 4 for i in range(40)], ["4"] * 40, [1] * 40))
+                for _ in range(2)]
+        other_step = batch_with(texts, [i // 4 for i in range(40)], ["4"] * 40, [1] * 40)
+        other_step.step = 4
+        other, _ = w.score(other_step)
+    finally:
+        w.close()
+    (scored, metrics), (again, _) = runs
+    assert metrics["critic/score/mean"] == pytest.approx(0.75)  # the verifier's
+    flips = scored.rewards
+    assert set(flips.tolist()) <= {0.0, 1.0} and torch.equal(flips, again.rewards)
+    assert metrics["reward/random_control_mean"] == pytest.approx(flips.mean().item())
+    assert not torch.equal(flips, other.rewards)  # another step, other flips
+    correct = torch.tensor([1.0] * 30 + [0.0] * 10)
+    assert not torch.equal(flips, correct)  # not the verifier's rewards
+    assert 0.45 <= flips.mean().item() <= 0.95  # Bernoulli(0.75) over 40 draws
+    assert not torch.equal(scored.advantages, torch.zeros(40))  # advantages from the flips
+
+
 def test_meta_worker_plans_and_learns_tampo():
     w = MetaWorker(build_strategy("tampo", warmup_steps=0, top_p=0.0), seed=0)
     assert w.candidates[0] == pytest.approx(0.6) and len(w.candidates) == 10
