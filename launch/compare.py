@@ -136,7 +136,10 @@ def paired(runs: dict[str, list[Path]], seeds: list[int], baseline: str,
             a, b = records(name, greedy), records(baseline, greedy)
             if a is not None and b is not None:
                 score = "pass" if metric == "pass" else "avg"
-                out[name][metric] = paired_bootstrap(paired_differences(a, b, score), reps)
+                try:
+                    out[name][metric] = paired_bootstrap(paired_differences(a, b, score), reps)
+                except ValueError as err:  # e.g. other held-out settings: named in the report
+                    out[name]["error"] = str(err)
     return out
 
 
@@ -153,6 +156,7 @@ def paired_table(diffs: dict[str, dict[str, dict]], baseline: str, k: str) -> st
             cells.append("-" if r is None else "{:+.3f} [{:+.3f}, {:+.3f}]{}".format(
                 r["diff"], r["lo"], r["hi"], "" if r["covers_zero"] else " *"))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"\n{name}: not paired: {d['error']}" for name, d in diffs.items() if "error" in d]
     return "\n".join(lines)
 
 
@@ -162,7 +166,7 @@ def detectable(diffs: dict[str, dict[str, dict]]) -> dict[str, float]:
 
     out = {}
     for m in METRICS:
-        xs = [d[m]["mde"] for d in diffs.values() if m in d]
+        xs = [d[m]["mde"] for d in diffs.values() if isinstance(d.get(m), dict)]
         if xs:
             out[m] = statistics.median(xs)
     return out
@@ -293,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None and args.baseline not in strategies:
         ap.error(f"--baseline {args.baseline!r} is not one of the compared strategies "
                  f"{sorted(strategies)}")
-    sizes = ([f"data.eval_size={args.eval_size}"] if args.eval_size else []) + (
-        [f"eval.samples={args.eval_samples}"] if args.eval_samples else [])
+    sizes = ([f"data.eval_size={args.eval_size}"] if args.eval_size is not None else []) + (
+        [f"eval.samples={args.eval_samples}"] if args.eval_samples is not None else [])
+    args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {name: [run_one(out, name, s, ov, sizes + extra) for s in args.seeds]

@@ -5,8 +5,9 @@ be compared problem by problem: for seed s and problem i, d_si = x_si(arm) - x_s
 x is a per-problem score (``SCORES``: the mean of its k rewards for Avg@k, 1 if any is correct for
 Pass@k, the greedy response's reward). The difference is the mean over seeds of the mean over
 problems of d. Its 95 % interval is a paired bootstrap over both sources of noise: each of
-``reps`` resamples draws the seeds with replacement and, within each drawn seed, its problems with
-replacement; the interval is the 2.5 and 97.5 percentiles of the resampled differences.
+``reps`` resamples draws the seeds with replacement and, for each seed drawn, its problems with
+replacement (independently each time it is drawn); the interval is the 2.5 and 97.5
+percentiles of the resampled differences.
 
 The smallest detectable difference (``mde``) is (z_0.975 + z_0.8) x the bootstrap standard error
 = 2.80 x se: a true difference this large is found (its interval excludes 0) four times in five
@@ -47,6 +48,12 @@ def paired_differences(arm: Mapping[int, Mapping[str, Sequence[float]]],
             raise ValueError(f"seed {seed}: the arms evaluated different held-out problems "
                              f"(e.g. {missing}); compare runs with the same data settings")
         ids = sorted(a)
+        uneven = [i for i in ids if len(a[i]) != len(b[i])]
+        if uneven:
+            i = uneven[0]
+            raise ValueError(f"seed {seed}: problem {i!r} has {len(a[i])} responses in one arm "
+                             f"and {len(b[i])} in the other; compare runs with the same "
+                             f"eval.samples")
         out[seed] = np.array([f(a[i]) - f(b[i]) for i in ids], dtype=np.float64)
     return out
 
@@ -61,10 +68,17 @@ def paired_bootstrap(diffs: Mapping[int, np.ndarray], reps: int = 10_000,
         raise ValueError("paired_bootstrap needs at least one seed with at least one problem")
     rng = np.random.default_rng(seed)
     per_seed = [np.asarray(d, dtype=np.float64) for _, d in sorted(diffs.items())]
-    # within each seed: `reps` problem resamples -> (S, reps) resampled means
-    means = np.stack([d[rng.integers(0, len(d), size=(reps, len(d)))].mean(1) for d in per_seed])
-    pick = rng.integers(0, len(per_seed), size=(reps, len(per_seed)))  # seeds, with replacement
-    boot = means[pick, np.arange(reps)[:, None]].mean(1)  # (reps,)
+    n_seeds = len(per_seed)
+    # each of the reps x S seed slots draws a seed, then that seed's problems, independently
+    pick = rng.integers(0, n_seeds, size=(reps, n_seeds))
+    slot_means = np.empty((reps, n_seeds))
+    for s, d in enumerate(per_seed):
+        rows, cols = np.nonzero(pick == s)
+        for lo_ in range(0, len(rows), 2048):  # bounded memory: 2048 x N indices at a time
+            part = slice(lo_, lo_ + 2048)
+            idx = rng.integers(0, len(d), size=(len(rows[part]), len(d)))
+            slot_means[rows[part], cols[part]] = d[idx].mean(1)
+    boot = slot_means.mean(1)  # (reps,)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     se = float(boot.std(ddof=1)) if reps > 1 else 0.0
     return {"diff": float(np.mean([d.mean() for d in per_seed])), "lo": float(lo),

@@ -270,9 +270,10 @@ class Trainer:
         """Train on step `step`'s rollout (launched now unless already in flight).
 
         A rollout actor that crashed and restarted gets the current weights, and every rollout
-        launched before the restart is generated again on the same requests and seeds, with the
-        weights the engines hold now (its policy_version says which); the step then runs again.
-        Nothing is lost or counted twice: no stage consumed the lost trajectories.
+        it lost (launched before the restart and not finished) is generated again on the same
+        requests and seeds, with the weights the engines hold now (its policy_version says
+        which); the update then runs. Only what happens before the learners' update is repeated:
+        nothing is lost or counted twice (no stage consumed the lost trajectories).
         """
         t0 = time.perf_counter()
         attempts = 0
@@ -280,7 +281,8 @@ class Trainer:
             if step not in self._rollouts:
                 self._rollouts[step] = self.launch_rollout(step)
             try:
-                return self._step(step, t0)
+                trained = self._train(step)
+                break
             except Exception as err:  # re-raised unless a restart explains it
                 attempts += 1
                 if attempts == 3 or not self._regenerate_lost():
@@ -288,15 +290,29 @@ class Trainer:
                 log.warning("step %d: a rollout actor restarted (%s); weights resent, its "
                             "rollouts generated again, step repeated", step + 1,
                             type(err).__name__)
+        return self._finish(step, t0, *trained)
 
     def _regenerate_lost(self) -> list[int]:
-        """Resync restarted rollout actors, then relaunch the rollouts launched before the latest
-        restart (they may have been lost with it); returns their steps."""
+        """Resync restarted rollout actors, then relaunch the rollouts a restart may have lost:
+        launched before the latest restart and not finished (still pending, or failed); the
+        others are kept. Returns the steps relaunched."""
+        import ray
+
         self.resync_restarted_rollout()
-        lost = sorted(s for s, r in self._rollouts.items() if r.restarts < self.rollout_restarts)
-        for s in lost:
-            r = self._rollouts[s]
+        lost = []
+        for s, r in sorted(self._rollouts.items()):
+            if r.restarts == self.rollout_restarts:
+                continue
+            done, _ = ray.wait([r.metrics], timeout=0)
+            try:
+                if done:
+                    ray.get(r.metrics)
+                    r.restarts = self.rollout_restarts  # finished before the restart: kept
+                    continue
+            except Exception:  # noqa: BLE001 - failed: lost with the actor
+                pass
             self._rollouts[s] = self.launch_rollout(s, r.parts, r.planned)
+            lost.append(s)
         return lost
 
     def resync_restarted_rollout(self) -> list[int]:
@@ -312,12 +328,13 @@ class Trainer:
             self.rollout_restarts += len(restarted)
         return restarted
 
-    def _step(self, step: int, t0: float) -> dict:
+    def _train(self, step: int) -> tuple:
         """The learners train on step `step`'s rollout (phase by step number); with
         off_policy_steps = 1 the next step's rollout is launched first, before this update's
         meta-actor update (so it is planned with the meta state after step - 1's update) and
         before this update's weight sync (so it samples with the weights before this update).
-        Then the sync, which each engine runs once its generation is done."""
+        Returns once the learners have updated: (the rollout, phase, learner stats, meta ref).
+        A failure in here (a lost rollout) leaves the learners untouched: the step may repeat."""
         import ray
 
         phase = self.phase(step)
@@ -334,16 +351,24 @@ class Trainer:
             dump = self.run_dir / "rollouts" / f"step_{step:06d}.jsonl"
             self.reward.dump.remote(cur.scored, str(dump), self.model_path)
         learner_stats = ray.get(list(stats_refs))
+        del self._rollouts[step]  # consumed: from here on the step never repeats
+        return cur, phase, learner_stats, meta_ref
+
+    def _finish(self, step: int, t0: float, cur: Rollout, phase: str, learner_stats: list,
+                meta_ref) -> dict:
+        """After the update: the weight sync (which each engine runs once its generation is
+        done), the metrics. Nothing here repeats the step."""
+        import ray
+
         self.weight_version = step + 1
         t_sync = time.perf_counter()
-        try:  # past the update: a failure here must not repeat the step
+        try:
             sync_s = self.sync_weights({"theta": "theta", "phi": "phi", "joint": "all"}[phase])
         except Exception:  # re-raised unless an engine restarted mid-sync (full weights then)
             if not self.resync_restarted_rollout():
                 raise
             sync_s = [float("nan")]
         metrics = {**ray.get(cur.metrics), **_mean_dicts(learner_stats), **ray.get(meta_ref)}
-        del self._rollouts[step]
         metrics["timing_s/update_weights"] = time.perf_counter() - t_sync
         metrics["timing_s/update_weights_engine"] = max(sync_s)
         metrics["timing_s/step"] = time.perf_counter() - t0
@@ -353,8 +378,11 @@ class Trainer:
         metrics["rollout/planned_temperature"] = sum(cur.planned) / len(cur.planned)
         metrics["rollout/actor_restarts"] = float(self.rollout_restarts)
         metrics["rollout/staleness"] = step - metrics["rollout/policy_version"]
-        during = self._rollouts.get(nxt) if self.off_policy else cur  # generated in this step
-        gen_s = 0.0 if during is None else ray.get(during.metrics)["rollout/gen_s"]
+        if self.off_policy:  # generated during this step: the next step's rollout
+            during = self._rollouts.get(step + 1)
+            gen_s = 0.0 if during is None else _gen_seconds(during)
+        else:
+            gen_s = metrics["rollout/gen_s"]
         metrics.update(_idle_ratios(metrics["timing_s/step"], metrics.get("timing_s/learner", 0.0),
                                     gen_s / max(1, len(self.rollout))))
         return metrics
@@ -395,7 +423,9 @@ class Trainer:
         k = 1 if greedy_column else run.eval.samples
         if not self.heldout:
             return {}
-        if run.eval.temperature is not None:
+        if greedy_column:  # argmax: no temperature (and no draw from the meta actor's RNG)
+            temps = [1.0] * len(self.heldout)
+        elif run.eval.temperature is not None:
             temps = [run.eval.temperature] * len(self.heldout)
         else:
             temps = ray.get(self.meta.plan.remote(step, len(self.heldout), for_eval=True))
@@ -455,12 +485,17 @@ class Trainer:
         resumed run trains on this same batch, as the straight run does."""
         import ray
 
-        r = self._rollouts.get(step)
-        if r is None:
+        if step not in self._rollouts:
             return None
+        try:
+            ray.get(self._rollouts[step].metrics)
+        except Exception:  # lost with a restarted rollout actor: regenerated, then kept
+            if not self._regenerate_lost():
+                raise
+        r = self._rollouts[step]
         return {"step": step, "batch": ray.get(r.scored).to_state(),
                 "metrics": ray.get(r.metrics), "planned": list(r.planned),
-                "parts": [[asdict(q) for q in p] for p in r.parts]}
+                "requests": [asdict(q) for p in r.parts for q in p]}
 
     def _restore_in_flight(self, state: dict | None) -> None:
         import ray
@@ -469,7 +504,8 @@ class Trainer:
 
         if state is None:
             return
-        parts = [[RolloutRequest(**q) for q in p] for p in state["parts"]]
+        reqs = [RolloutRequest(**q) for q in state["requests"]]
+        parts = _split_groups(reqs, len(self.rollout))  # this run's actors (their count may vary)
         batch = TrajectoryBatch.from_state(state["batch"])
         self._rollouts[int(state["step"])] = Rollout(
             int(state["step"]), parts, list(state["planned"]), ray.put(batch),
@@ -621,12 +657,26 @@ def _split_groups(reqs: list[RolloutRequest], parts: int) -> list[list[RolloutRe
     return out
 
 
+def _gen_seconds(r: Rollout, timeout: float = 10.0) -> float:
+    """A launched rollout's generation seconds, NaN if it is not done within `timeout` or
+    failed (the step that trains on it sees the failure and regenerates it)."""
+    import ray
+
+    done, _ = ray.wait([r.metrics], timeout=timeout)
+    try:
+        return ray.get(done[0])["rollout/gen_s"] if done else float("nan")
+    except Exception:  # noqa: BLE001 - lost with a restarted actor: reported by its own step
+        return float("nan")
+
+
 def _idle_ratios(wall: float, learner_s: float, rollout_s: float) -> dict[str, float]:
     """The share of a step's wall time the learner ranks and the rollout engines were not
     working (verl logs trainer/idle_ratio): `learner_s` = train_step's own time (mean over ranks),
     `rollout_s` = the generation that ran during the step (this step's batch when synchronous,
     the next step's when it overlaps this update), per rollout actor."""
     def idle(busy: float) -> float:
+        if busy != busy:  # NaN: not measured
+            return busy
         return min(1.0, max(0.0, 1.0 - busy / wall)) if wall > 0 else 0.0
 
     return {"perf/idle_ratio_learner": idle(learner_s), "perf/idle_ratio_rollout": idle(rollout_s)}

@@ -61,3 +61,5 @@ def test_mismatched_runs_are_refused_by_name():
         paired_differences(a, {0: {"p1": [1.0]}})
     with pytest.raises(ValueError, match="seed 0: .*different held-out problems.*p2"):
         paired_differences({0: {"p1": [1.0]}}, {0: {"p2": [1.0]}})
+    with pytest.raises(ValueError, match="'p1' has 2 responses in one arm and 1 .*eval.samples"):
+        paired_differences({0: {"p1": [1.0, 0.0]}}, {0: {"p1": [1.0]}})

@@ -220,7 +220,7 @@ def kill_actor(proc, name: str) -> None:
 @pytest.mark.slow
 def test_a_dead_learner_rank_stops_the_run_by_name_and_it_resumes(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=40", "meta=fixed")
+    proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=16", "meta=fixed")
     wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
     kill_actor(proc, "LearnerWorker")
     out, _ = proc.communicate(timeout=300)
@@ -229,11 +229,11 @@ def test_a_dead_learner_rank_stops_the_run_by_name_and_it_resumes(tmp_path, tiny
     assert "the last checkpoint is" in out and "trainer.resume=auto" in out
     assert "Traceback" not in out.split("run stopped:")[-1]
 
-    out = finish(launch(run_dir, tiny_model_dir, "trainer.total_steps=40", "meta=fixed",
+    out = finish(launch(run_dir, tiny_model_dir, "trainer.total_steps=16", "meta=fixed",
                         "trainer.resume=auto"))
     assert "resumed from" in out
     steps = [s for s in step_rows(run_dir) if s > 0]
-    assert steps == list(range(1, 41))  # every step exactly once across the two runs
+    assert steps == list(range(1, 17))  # every step exactly once across the two runs
 
 
 @pytest.mark.slow
@@ -254,6 +254,9 @@ def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, 
     steps = sane_steps(rows, steps=8, max_new_tokens=32)  # each step once; engine == learner
     assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled
     assert steps[-1]["rollout/actor_restarts"] == 1, out[-3000:]
+    state = json.loads((rank_dir(run_dir / "checkpoints" / "step_000008", 0)
+                        / "state.json").read_text())
+    assert state["updates"]["theta"] == 8  # one update per step: no step was trained twice
 
 
 @pytest.mark.slow
