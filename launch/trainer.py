@@ -130,9 +130,9 @@ def start_ray(run: RunConfig, num_actors: int) -> str | None:
 
 @dataclass
 class Rollout:
-    """One step's rollout, launched and possibly still generating (``Trainer.launch_rollout``)."""
+    """One step's rollout, launched and possibly still generating (``Trainer.launch_rollout``);
+    the trainer keeps them by step."""
 
-    step: int
     parts: list[list[RolloutRequest]]
     """its requests, one list per rollout actor (kept: a lost rollout is regenerated from them)"""
     planned: list[float]
@@ -264,7 +264,7 @@ class Trainer:
         batch_refs = [a.generate.remote(p, step, rollout_seed(self.run.seed, step))
                       for a, p in zip(self.rollout, parts) if p]
         scored, metrics = self.reward.score.options(num_returns=2).remote(*batch_refs)
-        return Rollout(step, parts, planned, scored, metrics, self.rollout_restarts)
+        return Rollout(parts, planned, scored, metrics, self.rollout_restarts)
 
     def step(self, step: int) -> dict:
         """Train on step `step`'s rollout (launched now unless already in flight).
@@ -296,21 +296,14 @@ class Trainer:
         """Resync restarted rollout actors, then relaunch the rollouts a restart may have lost:
         launched before the latest restart and not finished (still pending, or failed); the
         others are kept. Returns the steps relaunched."""
-        import ray
-
         self.resync_restarted_rollout()
         lost = []
         for s, r in sorted(self._rollouts.items()):
             if r.restarts == self.rollout_restarts:
                 continue
-            done, _ = ray.wait([r.metrics], timeout=0)
-            try:
-                if done:
-                    ray.get(r.metrics)
-                    r.restarts = self.rollout_restarts  # finished before the restart: kept
-                    continue
-            except Exception:  # noqa: BLE001 - failed: lost with the actor
-                pass
+            if _finished(r.metrics) is not None:  # done before the restart: kept
+                r.restarts = self.rollout_restarts
+                continue
             self._rollouts[s] = self.launch_rollout(s, r.parts, r.planned)
             lost.append(s)
         return lost
@@ -378,11 +371,14 @@ class Trainer:
         metrics["rollout/planned_temperature"] = sum(cur.planned) / len(cur.planned)
         metrics["rollout/actor_restarts"] = float(self.rollout_restarts)
         metrics["rollout/staleness"] = step - metrics["rollout/policy_version"]
-        if self.off_policy:  # generated during this step: the next step's rollout
-            during = self._rollouts.get(step + 1)
-            gen_s = 0.0 if during is None else _gen_seconds(during)
-        else:
+        during = self._rollouts.get(step + 1)  # off-policy, generated during this step
+        if not self.off_policy:
             gen_s = metrics["rollout/gen_s"]
+        elif during is None:  # the last step: nothing generated during it
+            gen_s = 0.0
+        else:  # NaN if it was lost (its own step regenerates it)
+            gen_s = (_finished(during.metrics, timeout=10.0) or {}).get("rollout/gen_s",
+                                                                         float("nan"))
         metrics.update(_idle_ratios(metrics["timing_s/step"], metrics.get("timing_s/learner", 0.0),
                                     gen_s / max(1, len(self.rollout))))
         return metrics
@@ -508,8 +504,8 @@ class Trainer:
         parts = _split_groups(reqs, len(self.rollout))  # this run's actors (their count may vary)
         batch = TrajectoryBatch.from_state(state["batch"])
         self._rollouts[int(state["step"])] = Rollout(
-            int(state["step"]), parts, list(state["planned"]), ray.put(batch),
-            ray.put(state["metrics"]), self.rollout_restarts)
+            parts, list(state["planned"]), ray.put(batch), ray.put(state["metrics"]),
+            self.rollout_restarts)
 
     def export_model(self, out: Path) -> Path:
         """The trained model as a Hugging Face folder with its temperature policy
@@ -657,16 +653,17 @@ def _split_groups(reqs: list[RolloutRequest], parts: int) -> list[list[RolloutRe
     return out
 
 
-def _gen_seconds(r: Rollout, timeout: float = 10.0) -> float:
-    """A launched rollout's generation seconds, NaN if it is not done within `timeout` or
-    failed (the step that trains on it sees the failure and regenerates it)."""
+def _finished(ref, timeout: float = 0.0):
+    """The value of `ref` if its task finished within `timeout` seconds and succeeded; None if it
+    is still running or failed (e.g. lost with a restarted actor: the step that trains on it
+    sees the failure itself)."""
     import ray
 
-    done, _ = ray.wait([r.metrics], timeout=timeout)
+    done, _ = ray.wait([ref], timeout=timeout)
     try:
-        return ray.get(done[0])["rollout/gen_s"] if done else float("nan")
-    except Exception:  # noqa: BLE001 - lost with a restarted actor: reported by its own step
-        return float("nan")
+        return ray.get(done[0]) if done else None
+    except Exception:  # noqa: BLE001 - failed: reported where it is consumed
+        return None
 
 
 def _idle_ratios(wall: float, learner_s: float, rollout_s: float) -> dict[str, float]:
