@@ -9,6 +9,7 @@ arrive by ``load_weights``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -73,14 +74,11 @@ class RolloutWorker:
             raise StaleWeightsError(f"rollout worker {self.worker_index} restarted and has not "
                                     "been sent the run's current weights yet")
         kwargs = {"greedy": True} if greedy else {}
-        try:
+        with self._engine_call():
             batch = self.engine.generate(requests, step=step, seed=seed * 1000 + self.worker_index,
                                          **kwargs)
-            batch.policy_version = self.weight_version
-            return batch
-        except Exception:
-            exit_if_engine_died(self.engine, self.worker_index)
-            raise
+        batch.policy_version = self.weight_version
+        return batch
 
     def generate_texts(self, requests: list[RolloutRequest], step: int, seed: int,
                        greedy: bool = False) -> list[str]:
@@ -90,7 +88,8 @@ class RolloutWorker:
     def load_weights(self, state_dict: dict, version: int | None = None) -> float:
         """Load θ and/or φ weights (after learner update number ``version``, when given);
         returns the seconds the engine took."""
-        seconds = self.engine.load_weights(state_dict)
+        with self._engine_call():
+            seconds = self.engine.load_weights(state_dict)
         if version is not None:
             self.weight_version = int(version)
         return seconds
@@ -108,7 +107,19 @@ class RolloutWorker:
         strategy = self.engine.strategy
         if mode in strategy.temperature_modes:
             strategy.set_temperature_mode(mode)
-            self.engine.set_strategy(strategy)  # the vLLM engine's workers rebuild it from its spec
+            with self._engine_call():  # the vLLM engine's workers rebuild it from its spec
+                self.engine.set_strategy(strategy)
+
+    @contextlib.contextmanager
+    def _engine_call(self):
+        """Every call into the engine: if it fails because a process of the engine died, this
+        actor exits (``exit_if_engine_died``), so that Ray restarts it and retries the call; a
+        weight sync or a mode switch on a dead engine recovers as a generation does."""
+        try:
+            yield
+        except Exception:
+            exit_if_engine_died(self.engine, self.worker_index)
+            raise
 
     def ping(self) -> int:
         return os.getpid()

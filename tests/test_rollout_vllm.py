@@ -221,6 +221,44 @@ def test_a_call_waiting_on_an_engine_core_that_dies_raises_instead_of_hanging(mo
         eng.close()
 
 
+@pytest.mark.slow
+def test_an_engine_core_that_dies_before_a_weight_sync_restarts_the_rollout_actor(model_dir):
+    """A rollout actor whose engine core (own process) was killed is sent weights: the actor
+    exits, Ray restarts it and retries the sync on a fresh engine, and that engine refuses to
+    generate until the trainer's full resync, the path a death during a generation takes (before,
+    the sync raised EngineDeadError from a live actor and the run stopped)."""
+    import signal
+
+    import psutil
+    import ray
+
+    from rollout.config import RolloutConfig
+    from rollout.worker import RolloutWorker
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": root}})
+    try:
+        cfg = RolloutConfig(engine="vllm", vllm_runner="v1", engine_core="process",
+                            max_new_tokens=8, max_num_seqs=4)
+        actor = ray.remote(RolloutWorker).options(num_cpus=1, max_restarts=1,
+                                                  max_task_retries=1).remote(
+            str(model_dir), IntroLLM(hidden_size=HIDDEN), cfg)
+        pid = ray.get(actor.ping.remote(), timeout=300)
+        (core,) = [p for p in psutil.Process(pid).children(recursive=True)
+                   if "EngineCore" in " ".join(p.cmdline())]
+        os.kill(core.pid, signal.SIGKILL)
+        core.wait(30)
+        head = _head_keys(IntroLLM(hidden_size=HIDDEN).head.state_dict())
+        seconds = ray.get(actor.load_weights.remote(head, 1), timeout=300)
+        assert seconds >= 0  # the retried sync, on the restarted actor
+        assert ray.get(actor.ping.remote()) != pid
+        with pytest.raises(ray.exceptions.RayTaskError, match="StaleWeightsError"):
+            ray.get(actor.generate.remote(make_requests(2, 1.0), 0, 0), timeout=300)
+    finally:
+        ray.shutdown()
+
+
 def _outcome(fn):
     try:
         return fn()
