@@ -7,8 +7,11 @@ The problems, prompts (template, instruction, prompt truncation), response lengt
 the run's own (its ``resolved_config.yaml``), as ``launch.evaluate`` uses them; each problem is one
 completion request with n = samples at the server's default temperature (the head's own τ). Prints
 Avg@k / Pass@k overall and writes them as JSON (``--out``), so that the served model can be set
-beside ``launch.evaluate`` of the same checkpoint; the two draw different random numbers, so they
-agree within sampling error, not exactly.
+beside the run's own final evaluation of the same weights; the two draw different random numbers,
+so they agree within sampling error, not exactly. With ``--out``, each problem's results go beside
+it (``*.problems.jsonl``), and, when the run's final evaluation has the same k, the JSON holds the
+served-minus-run difference in Avg@k and Pass@k, problem by problem, with its 95 % paired-bootstrap
+interval (``launch/paired.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8011")
     parser.add_argument("--samples", type=int, default=None, help="default: the run's eval.samples")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--separate", action="store_true",
+                        help="k requests with n = 1 per problem instead of one with n = k")
     args = parser.parse_args()
 
     from omegaconf import OmegaConf
@@ -39,7 +44,14 @@ def main() -> None:
     from data.prompts import render_prompt
     from launch.config import validate
     from launch.inputs import load_data
-    from launch.metrics import format_table, groups_of, summarize
+    from launch.metrics import (
+        format_table,
+        groups_of,
+        read_problem_records,
+        summarize,
+        write_problem_records,
+    )
+    from launch.paired import paired_bootstrap, paired_differences
     from reward.extract import last_boxed
     from reward.score import correctness
 
@@ -55,10 +67,11 @@ def main() -> None:
     def ask(p):
         ids = tok(render_prompt(p, tok, run.data.prompt_template, run.data.instruction))
         body = {"model": name, "prompt": ids["input_ids"][-run.rollout.max_prompt_tokens:],
-                "n": k, "max_tokens": run.rollout.max_new_tokens}
+                "n": 1 if args.separate else k, "max_tokens": run.rollout.max_new_tokens}
         req = urllib.request.Request(f"{args.url}/v1/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
-        texts = [c["text"] for c in json.loads(urllib.request.urlopen(req).read())["choices"]]
+        texts = [c["text"] for _ in range(k if args.separate else 1)
+                 for c in json.loads(urllib.request.urlopen(req).read())["choices"]]
         return {"correct": [correctness(p.task, t, p.answer, p.meta) for t in texts],
                 "answers": [last_boxed(t) for t in texts], "groups": groups_of(p)}
 
@@ -70,6 +83,20 @@ def main() -> None:
     out = {"model": str(model), "problems": len(heldout), "samples": k,
            **{f"eval/{key}": v for key, v in metrics.items()}}
     if args.out:
+        served = Path(args.out).with_suffix(".problems.jsonl")
+        write_problem_records(served, [{"problem_id": p.id, **r}
+                                       for p, r in zip(heldout, records)])
+        finals = sorted(p for p in (run_dir / "evals").glob("step_*.jsonl")
+                        if not p.stem.endswith("_greedy"))
+        if finals:
+            own = read_problem_records(finals[-1])
+            if all(len(v) == k for v in own.values()):
+                mine = read_problem_records(served)
+                out["served_minus_run"] = {
+                    "run_records": str(finals[-1]),
+                    **{score: paired_bootstrap(paired_differences({0: mine}, {0: own}, score))
+                       for score in ("avg", "pass")}}
+                print("served - run:", json.dumps(out["served_minus_run"], indent=1))
         Path(args.out).write_text(json.dumps(out, indent=2))
 
 

@@ -278,6 +278,12 @@ def test_a_killed_vllm_process_restarts_the_rollout_actor_and_no_step_is_lost(
     steps = sane_steps(rows, steps=5, max_new_tokens=32)  # each step once; engine == learner
     assert all(r["reward/num_items"] == 16 for r in steps)  # 4 prompts x 4, none lost or doubled
     assert steps[-1]["rollout/actor_restarts"] == 1, out[-3000:]
+    state = json.loads((rank_dir(run_dir / "checkpoints" / "step_000005", 0)
+                        / "state.json").read_text())
+    # one update per step, of the step's phase: no step was trained twice
+    assert state["updates"] == {"theta": sum("actor/pg_loss" in r for r in steps),
+                                "phi": sum("phi/pg_loss" in r for r in steps)}
+    assert sum(state["updates"].values()) >= 5
 
 
 @pytest.mark.parametrize("make, needle", [
