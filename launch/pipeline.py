@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def check_learner_device(run: RunConfig) -> None:
     """learner.logprob_impl=triton compiles its kernels for CUDA: refuse it on a CPU run."""
-    from launch.trainer import known_cpu_only
+    from launch.cluster import known_cpu_only
 
     if run.learner.logprob_impl == "triton" and known_cpu_only(run):
         raise ConfigError(f"learner.logprob_impl (triton) runs its kernels on CUDA, but this run's "

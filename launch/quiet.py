@@ -1,13 +1,13 @@
 """Known, harmless lines kept off the console: one list, applied in the driver and in every Ray
 worker process (``quiet_worker`` is the cluster's ``worker_process_setup_hook``, set by
-``launch.trainer.start_ray``).
+``launch.cluster.start_ray``).
 
 Two kinds:
 
 - ``RAY_NOISE``, always: Ray's "Started a local Ray instance. View the dashboard at ..." and its
   "Token authentication is enabled ..." notice. The trainer prints its own dashboard line, which
   also says how to sign in (``dashboard_line``), so these would only repeat it.
-- ``CPU_NOISE``, only when the actors are known to run on CPUs (``launch.trainer.known_cpu_only``):
+- ``CPU_NOISE``, only when the actors are known to run on CPUs (``launch.cluster.known_cpu_only``):
   what vLLM's CPU build and its dependencies print at every start of the embedded default and
   that is expected there: eager mode (torch.compile and CUDA graphs are GPU features), no
   tcmalloc / Intel OpenMP preloaded, no Triton CPU backend (so model runner V1), the engine's

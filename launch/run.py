@@ -52,9 +52,10 @@ def _run(cfg: DictConfig, run_dir: str) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     OmegaConf.save(cfg, os.path.join(run_dir, "resolved_config.yaml"), resolve=True)
+    from launch.cluster import known_cpu_only
     from launch.pipeline import run_pipeline
     from launch.quiet import quiet_known_noise
-    from launch.trainer import TrainingStopped, known_cpu_only
+    from launch.trainer import TrainingStopped
 
     # before anything imports DeepSpeed (resuming reads a checkpoint): its accelerator detection
     quiet_known_noise(known_cpu_only(run))

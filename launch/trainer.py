@@ -14,8 +14,6 @@ The driver only moves object refs and small metric dicts; trajectory tensors nev
 from __future__ import annotations
 
 import logging
-import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,109 +21,20 @@ from typing import Any
 
 import torch
 
+from launch.cluster import start_ray
 from launch.config import RunConfig, build_strategy
+from launch.sampling import PromptSampler, eval_seed, rollout_seed
 from launch.signals import Interrupted, resume_command
 from meta.phases import phase_for_step
 from rollout.base import RolloutRequest
 
 log = logging.getLogger(__name__)
 
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-              "RAY_DEDUP_LOGS": "0",
-              # vLLM's INFO lines (its whole engine config, per engine) drown the per-step line;
-              # set VLLM_LOGGING_LEVEL=INFO in the driver's environment to see them again
-              "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-
-
-def rollout_seed(seed: int, step: int) -> int:
-    """The training rollout's sampling seed at `step` of a run with `seed` (a retried step
-    repeats)."""
-    return seed * 100_003 + step
-
-
-def eval_seed(seed: int, step: int) -> int:
-    """The held-out evaluation's sampling seed at `step`: from the run's `seed`, so runs with
-    other seeds sample other held-out responses (and the same seed the same ones; `launch.evaluate`
-    repeats a run's evaluation). 7,919 + step at seed 0, as before; the training rollout's seed of
-    step + 7,919, so never a training step's in a run of fewer steps. Only the sampling: the
-    held-out problems are `launch.inputs.load_data`'s."""
-    return rollout_seed(seed, 7_919 + step)
 
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (a learner rank died, updates keep failing); the message says why,
     names the last checkpoint and how to resume. ``launch.run`` prints it without a traceback."""
-
-
-class PromptSampler:
-    """Epoch-shuffled prompt indices; its state (epoch, position) is part of a checkpoint."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch, self.pos = size, seed, 0, 0
-        self._order = self._shuffle()
-
-    def _shuffle(self) -> list[int]:
-        order = list(range(self.size))
-        random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
-        return order
-
-    def next(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.pos >= self.size:
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._shuffle()
-            take = min(k - len(out), self.size - self.pos)
-            out += self._order[self.pos : self.pos + take]
-            self.pos += take
-        return out
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.epoch, self.pos = sd["epoch"], sd["pos"]
-        self._order = self._shuffle()
-
-
-def start_ray(run: RunConfig, num_actors: int) -> str | None:
-    """Start (or join) the Ray cluster; returns the dashboard URL, if any. The known, harmless
-    start-up lines are filtered in the driver and, on a CPU run, in every worker process
-    (``launch.quiet``; the workers by Ray's ``worker_process_setup_hook``)."""
-    import signal
-
-    import ray
-
-    from launch import quiet
-    from launch.signals import exit_on_sigterm, keep_handlers
-
-    if ray.is_initialized():
-        return None
-    root = str(Path(__file__).resolve().parents[1])  # workers import the project from here
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    env = {**WORKER_ENV, "PYTHONPATH": path, **_device_env(run)}
-    cpu = known_cpu_only(run)
-    quiet.quiet_known_noise(cpu)
-    if cpu:
-        quiet.hide_load_bars()  # the driver's model is resolved (downloaded) by now
-    runtime_env = {"env_vars": env}
-    if cpu and quiet.enabled():
-        runtime_env["worker_process_setup_hook"] = quiet.WORKER_HOOK
-    kwargs = dict(namespace=run.cluster.namespace, runtime_env=runtime_env,
-                  include_dashboard=run.cluster.dashboard, log_to_driver=True)
-    with keep_handlers():  # the entry point's SIGINT / SIGTERM handlers, not Ray's
-        if run.cluster.address:
-            ctx = ray.init(address=run.cluster.address, **kwargs)
-        else:
-            cpus = run.cluster.num_cpus or max(os.cpu_count() or 1, num_actors)
-            kwargs["dashboard_host"] = run.cluster.dashboard_host
-            # "local": always a new cluster; with no address, ray.init would join the last one that
-            # `ray start` left on this machine (/tmp/ray/ray_current_cluster) and reject num_cpus
-            ctx = ray.init(address="local", num_cpus=cpus, **kwargs)
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # none set by a caller
-        exit_on_sigterm()  # SIGTERM still exits through the clean-up (finally: ray.shutdown)
-    url = getattr(ctx, "dashboard_url", None)
-    return f"http://{url}" if url and not url.startswith("http") else url
 
 
 @dataclass
@@ -682,19 +591,3 @@ def _idle_ratios(wall: float, learner_s: float, rollout_s: float) -> dict[str, f
 def _mean_dicts(dicts: list[dict]) -> dict[str, float]:
     keys = {k for d in dicts for k in d}
     return {k: sum(d[k] for d in dicts if k in d) / sum(1 for d in dicts if k in d) for k in keys}
-
-
-def _device_env(run: RunConfig) -> dict[str, str]:
-    """Worker environment for CPU-only runs: DeepSpeed's CPU accelerator (and, for an explicit
-    cluster.device=cpu, no visible GPUs). GPU runs and joined clusters of unknown kind get none:
-    the learner sets DS_ACCELERATOR=cpu itself when its process has no CUDA."""
-    if run.cluster.device == "cpu":
-        return {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    return {"DS_ACCELERATOR": "cpu"} if known_cpu_only(run) else {}
-
-
-def known_cpu_only(run: RunConfig) -> bool:
-    """True when the actors surely run on CPUs: cluster.device=cpu, or auto on a local cluster of
-    a machine without CUDA (a joined cluster's kind is unknown here)."""
-    return run.cluster.device == "cpu" or (run.cluster.device == "auto" and not run.cluster.address
-                                           and not torch.cuda.is_available())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from data.synthetic import generate
-from launch.trainer import Trainer, eval_seed, rollout_seed
+from launch.sampling import eval_seed, rollout_seed
+from launch.trainer import Trainer
 from tests.test_config_on_cpu import compose_run
 
 

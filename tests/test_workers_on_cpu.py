@@ -93,7 +93,7 @@ def test_meta_worker_is_a_no_op_for_scalar_strategies():
 
 
 def test_prompt_sampler_crosses_epochs_and_resumes_exactly():
-    from launch.trainer import PromptSampler
+    from launch.sampling import PromptSampler
 
     s = PromptSampler(5, seed=1)
     first = s.next(3) + s.next(3)  # crosses into epoch 1
