@@ -57,7 +57,7 @@ def safe_load(path: str | os.PathLike):
     try:
         with torch.serialization.safe_globals(_safe_classes()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file's name
+    except Exception as e:  # re-raised with the file's name
         raise ValueError(f"{path} does not load as tensors and plain data "
                          f"(torch.load(weights_only=True)): {e}") from e
 
