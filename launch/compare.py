@@ -95,16 +95,6 @@ def final_numbers(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def problem_records(run_dir: Path, greedy: bool = False) -> dict[str, list[float]] | None:
-    """{problem_id: rewards} of a run's last evaluation (``evals/step_*.jsonl``), None if the
-    run wrote none (an older run, or eval.greedy=false for the greedy column)."""
-    from launch.metrics import read_problem_records
-
-    files = sorted(p for p in (Path(run_dir) / "evals").glob("step_*.jsonl")
-                   if p.stem.endswith("_greedy") == greedy)
-    return read_problem_records(files[-1]) if files else None
-
-
 def default_baseline(results: dict[str, list[dict[str, float]]]) -> str:
     """The fixed temperature with the best mean final Avg@k (the comparison's first strategy when
     none is fixed)."""
@@ -120,6 +110,7 @@ def paired(runs: dict[str, list[Path]], seeds: list[int], baseline: str,
            reps: int = 10_000) -> dict[str, dict[str, dict]]:
     """{strategy: {metric: paired_bootstrap(...) vs the baseline}} for every other strategy,
     over the metrics whose per-problem records both have."""
+    from launch.metrics import problem_records
     from launch.paired import paired_bootstrap, paired_differences
 
     def records(name: str, greedy: bool):

@@ -102,3 +102,11 @@ def read_problem_records(path: Path) -> dict[str, list[float]]:
                              f"must be unique within a held-out set")
         out[row["problem_id"]] = [float(c) for c in row["correct"]]
     return out
+
+
+def problem_records(run_dir: Path, greedy: bool = False) -> dict[str, list[float]] | None:
+    """{problem_id: rewards} of a run's last evaluation (``evals/step_*.jsonl``), None if the
+    run wrote none (an older run, or eval.greedy=false for the greedy column)."""
+    files = sorted(p for p in (Path(run_dir) / "evals").glob("step_*.jsonl")
+                   if p.stem.endswith("_greedy") == greedy)
+    return read_problem_records(files[-1]) if files else None

@@ -31,7 +31,6 @@ from rollout.base import RolloutRequest
 log = logging.getLogger(__name__)
 
 
-
 class TrainingStopped(RuntimeError):
     """The run cannot go on (a learner rank died, updates keep failing); the message says why,
     names the last checkpoint and how to resume. ``launch.run`` prints it without a traceback."""

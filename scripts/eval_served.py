@@ -44,13 +44,7 @@ def main() -> None:
     from data.prompts import render_prompt
     from launch.config import validate
     from launch.inputs import load_data
-    from launch.metrics import (
-        format_table,
-        groups_of,
-        read_problem_records,
-        summarize,
-        write_problem_records,
-    )
+    from launch.metrics import format_table, groups_of, problem_records, summarize
     from launch.paired import paired_bootstrap, paired_differences
     from reward.extract import last_boxed
     from reward.score import correctness
@@ -83,20 +77,15 @@ def main() -> None:
     out = {"model": str(model), "problems": len(heldout), "samples": k,
            **{f"eval/{key}": v for key, v in metrics.items()}}
     if args.out:
-        served = Path(args.out).with_suffix(".problems.jsonl")
-        write_problem_records(served, [{"problem_id": p.id, **r}
-                                       for p, r in zip(heldout, records)])
-        finals = sorted(p for p in (run_dir / "evals").glob("step_*.jsonl")
-                        if not p.stem.endswith("_greedy"))
-        if finals:
-            own = read_problem_records(finals[-1])
-            if all(len(v) == k for v in own.values()):
-                mine = read_problem_records(served)
-                out["served_minus_run"] = {
-                    "run_records": str(finals[-1]),
-                    **{score: paired_bootstrap(paired_differences({0: mine}, {0: own}, score))
-                       for score in ("avg", "pass")}}
-                print("served - run:", json.dumps(out["served_minus_run"], indent=1))
+        served = {p.id: r["correct"] for p, r in zip(heldout, records)}
+        Path(args.out).with_suffix(".problems.jsonl").write_text("".join(
+            json.dumps({"problem_id": p.id, **r}) + "\n" for p, r in zip(heldout, records)))
+        own = problem_records(run_dir)  # the run's own final evaluation
+        if own and all(len(v) == k for v in own.values()):
+            out["served_minus_run"] = {
+                score: paired_bootstrap(paired_differences({0: served}, {0: own}, score))
+                for score in ("avg", "pass")}
+            print("served - run:", json.dumps(out["served_minus_run"], indent=1))
         Path(args.out).write_text(json.dumps(out, indent=2))
 
 
