@@ -126,7 +126,7 @@ def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
     from learner.logprobs import token_entropy
 
     run = validate(OmegaConf.load(run_dir / "resolved_config.yaml"))
-    model_path = resolve_model_path(run)
+    model_path = resolve_model_path(run, check=False)  # a finished run: only read it
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     weights, _ = checkpoint_weights(run_dir / "checkpoints" / f"step_{step:06d}")

@@ -10,6 +10,11 @@ range checks live in one place.
 
 Values the system derives (the model's hidden size for IntroLLM's head, the number of steps for
 the linear schedule) are filled in by ``strategy_kwargs``, not written in YAML.
+
+This module is the pure schema: it reads no files. The settings that depend on the model
+(tensor-parallel size vs the heads, head size, context, dtype on this device, chat template, EOS,
+architecture) are checked against the model folder by ``launch.model_checks``, once the model is
+resolved (``launch.inputs.resolve_model_path``), still before anything starts.
 """
 
 from __future__ import annotations

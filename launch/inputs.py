@@ -1,7 +1,9 @@
 """A run's inputs, resolved before anything starts: the model folder and the problems.
 
 Model resolution: ``model.path=null`` means the embedded tiny model (built on first use and
-cached); a local folder must be a Hugging Face model folder, checked before anything starts.
+cached); a local folder must be a Hugging Face model folder. Either way every model-dependent
+setting is then checked against the folder's config.json and tokenizer
+(``launch.model_checks``), before anything starts.
 Used by ``launch.pipeline`` (training), ``launch.evaluate``, ``launch.analyze`` (the entropy
 scatter) and the benchmarks.
 """
@@ -13,8 +15,20 @@ from pathlib import Path
 from launch.config import ConfigError, RunConfig
 
 
-def resolve_model_path(run: RunConfig) -> Path:
-    """The model folder to load; builds the embedded model if needed; checks a local folder."""
+def resolve_model_path(run: RunConfig, check: bool = True) -> Path:
+    """The model folder to load; builds the embedded model if needed; checks a local folder and
+    (``check``) every model-dependent setting of ``run`` against it (``launch.model_checks``)."""
+    path = _model_folder(run)
+    if check:
+        from launch.model_checks import check_model
+
+        check_model(run, path)
+    return path
+
+
+def _model_folder(run: RunConfig) -> Path:
+    """The embedded model's folder (built on first use), or ``model.path`` once it is checked to
+    be a model folder."""
     if run.model.path is None:
         from launch.build_model import ensure_tiny_model
 

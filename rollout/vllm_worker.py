@@ -67,8 +67,9 @@ class TempoWorkerExtension:
         in-place ``reload_weights``); ``weights``: name -> tensor or ``vllm_payload.pack``.
         Returns whether a tied LM head was re-packed (see ``_refresh_tied_lm_head``)."""
         items = [(k, unpack(v)) for k, v in weights.items()]
-        # a partial sync (e.g. the head alone) makes vLLM warn about every layer not sent
-        with _quiet(*_RELOAD_LOGGERS) if quiet else contextlib.nullcontext():
+        # a partial sync (e.g. the head alone) makes vLLM warn about every layer not sent; a full
+        # one about the layers that hold no checkpoint tensors (_drop_restored)
+        with _quiet(*_RELOAD_LOGGERS) if quiet else _drop_restored(self._tempo_model()):
             self.reload_weights(weights_iterator=iter(items))
         return any(k.startswith(_TIED) for k, _ in items) and self._refresh_tied_lm_head()
 
@@ -138,6 +139,42 @@ def _quiet(*names: str):
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+_FAILED = "%s: Failed to load weights"  # vLLM 0.32, model_loader/reload/layerwise.py
+
+
+@contextlib.contextmanager
+def _drop_restored(model):
+    """Drop vLLM's "<Layer>: Failed to load weights" warnings for the layers that hold no
+    checkpoint tensors, during a full sync.
+
+    vLLM's ``reload_weights`` warns for every layer with tensors that received none and puts that
+    layer's tensors back as they were. Two kinds always get none, and lose nothing: layers with
+    buffers only (the rotary embedding's cos/sin cache, computed at start-up) and a tied LM head
+    (``tie_word_embeddings``: its weight *is* the embedding's, which the sync reloads; vLLM skips
+    ``lm_head.*`` keys for a tied model, so sending the key would not help). Any other layer's
+    warning still gets through: it would mean weights were really not loaded.
+    """
+    seen: set[int] = set()  # storages of the parameters of the modules visited so far
+    names = set()
+    for module in model.modules():
+        params = [p for p in module._parameters.values() if p is not None]
+        if not params and any(b is not None for b in module._buffers.values()):
+            names.add(type(module).__name__)  # buffers only
+        elif params and all(p.data_ptr() in seen for p in params):
+            names.add(type(module).__name__)  # tied to an earlier module's parameters
+        seen.update(p.data_ptr() for p in params)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.msg == _FAILED and record.args and record.args[0] in names)
+
+    logger = logging.getLogger(_RELOAD_LOGGERS[0])
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def share_head(strategy, model_head: TemperatureHead) -> None:
