@@ -9,9 +9,11 @@ engines (``hf_engine``, ``vllm_engine``) call the strategy's single per-token pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from rollout.trajectory import TrajectoryBatch
 
@@ -33,17 +35,18 @@ class RolloutRequest:
 
 @dataclass
 class ResponseRecord:
-    """What an engine recorded for one response, one entry per generated token."""
+    """What an engine recorded for one response, one entry per generated token (the per-token
+    values as lists or 1-D tensors: the vLLM engine's are views of the records it collected)."""
 
     token_ids: list[int]
-    tau: list[float]
-    logp: list[float]
+    tau: Sequence[float] | Tensor
+    logp: Sequence[float] | Tensor
     """engine's log_softmax(z_t / tau_t)[y_t]"""
     finish_reason: str
     text: str = ""
-    gate: list[float] | None = None
-    z: list[float] | None = None
-    logp_phi: list[float] | None = None
+    gate: Sequence[float] | Tensor | None = None
+    z: Sequence[float] | Tensor | None = None
+    logp_phi: Sequence[float] | Tensor | None = None
 
     def check(self) -> None:
         """One tau (and one of each IntroLLM record) per generated token."""
@@ -80,7 +83,7 @@ def assemble_batch(requests: list[RolloutRequest], records: list[ResponseRecord]
             response_ids[i, :m] = torch.tensor(r.token_ids, dtype=torch.long)
             response_mask[i, :m] = True
             for k, buf in per_token.items():
-                buf[i, :m] = torch.tensor(getattr(r, k), dtype=torch.float32)
+                buf[i, :m] = torch.as_tensor(getattr(r, k), dtype=torch.float32)
     batch = TrajectoryBatch(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
         response_mask=response_mask, tau=per_token["tau"], logp_rollout=per_token["logp"],

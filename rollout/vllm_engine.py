@@ -44,7 +44,7 @@ from rollout.base import ResponseRecord, RolloutRequest, assemble_batch
 from rollout.trajectory import TrajectoryBatch
 from rollout.vllm_compat import configure_env, import_vllm
 from rollout.vllm_overlay import HEAD_PREFIX, build_overlay, checkpoint_keys, head_keys, read_config
-from rollout.vllm_payload import pack_state, unpack_state
+from rollout.vllm_payload import pack_state, unpack, unpack_state
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class VLLMEngine:
                 raise RuntimeError(f"vLLM chose model runner {'V2' if not use_v2 else 'V1'} after "
                                    f"the engine prepared for {self.shape['runner']}; set runner=v1 "
                                    f"or runner=v2 explicitly")
-            self._rpc_all("tempo_bind", strategy.spec(), seed)
+            self._rpc_all("tempo_bind", strategy.spec(), seed, max_new_tokens)
         except BaseException:
             self.close()
             raise
@@ -139,7 +139,7 @@ class VLLMEngine:
     def set_strategy(self, strategy: TemperatureStrategy) -> None:
         """Sample with ``strategy`` from the next generate() on (sent as its spec; a head-owning
         one samples with the engine's head weights)."""
-        self._rpc_all("tempo_bind", strategy.spec(), self.seed)
+        self._rpc_all("tempo_bind", strategy.spec(), self.seed, self.max_new_tokens)
         self.strategy = strategy
 
     @torch.no_grad()
@@ -182,14 +182,15 @@ class VLLMEngine:
         prompts = [TokensPrompt(prompt_token_ids=list(q.prompt_ids)) for q in requests]
         self._rpc_all("tempo_begin", step, seed, seed is not None and not per_request_seed)
         outputs = self._run(keys, prompts, params)
-        got = self._collect(keys)
+        ids = [list(o.outputs[0].token_ids) for o in outputs]
+        got = self._collect(keys, max(map(len, ids)))
         if got["anomalies"]:
             raise RuntimeError(f"per-token temperature bookkeeping failed in vLLM: "
                                f"{got['anomalies']}; e.g. {got['messages'][:3]}")
-        texts = self.tokenizer.batch_decode([list(o.outputs[0].token_ids) for o in outputs],
-                                            skip_special_tokens=True)  # as the transformers engine
-        records = [self._record(out, got["records"][k], k, text)
-                   for out, k, text in zip(outputs, keys, texts)]
+        recs = _checked_records(got["records"], ids, keys)  # (B, T, 4)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)  # as the hf engine
+        records = [self._record(out, tokens, rec, k, text)
+                   for out, tokens, rec, k, text in zip(outputs, ids, recs, keys, texts)]
         n_tokens = sum(len(r.token_ids) for r in records)
         stats = {"gen_s": time.perf_counter() - t0, "gen_tokens": float(n_tokens),
                  "select_s": got["select_s"],
@@ -341,10 +342,12 @@ class VLLMEngine:
     def _rpc(self, method: str, *args):
         return self._rpc_all(method, *args)[0]
 
-    def _collect(self, keys: list[str]) -> dict:
-        """Rank 0's records of ``keys``, checked equal on every tensor-parallel rank."""
-        replies = self._rpc_all("tempo_collect", keys)
+    def _collect(self, keys: list[str], length: int) -> dict:
+        """Rank 0's records of ``keys`` (``records``: (K, length, 4)), checked equal on every
+        tensor-parallel rank."""
+        replies = self._rpc_all("tempo_collect", keys, length, self._remote)
         got = replies[0]
+        got["records"] = unpack(got["records"])
         agreeing = sum(r["digest"] == got["digest"] for r in replies)
         got["counters"]["ranks_agreeing"] = float(agreeing)
         for rank, other in enumerate(replies[1:], 1):
@@ -356,25 +359,18 @@ class VLLMEngine:
                                        f"values than rank 0")
         return got
 
-    def _record(self, out, recs: list, key: str, text: str) -> ResponseRecord:
+    def _record(self, out, ids: list[int], rec: Tensor, key: str, text: str) -> ResponseRecord:
+        """One response: vLLM's output and its records ``rec`` (n, 4), one row per token."""
         comp = out.outputs[0]
-        ids = list(comp.token_ids)
-        n = len(ids)
         if comp.finish_reason not in ("stop", "length"):
             raise RuntimeError(f"vLLM finished response {key} with {comp.finish_reason!r}; "
                                f"expected 'stop' (EOS) or 'length' (max_new_tokens)")
-        if len(recs) < n or any(r is None for r in recs[:n]):
-            missing = [t for t in range(n) if t >= len(recs) or recs[t] is None]
-            raise RuntimeError(f"response {key} has {n} tokens but no recorded temperature at "
-                               f"positions {missing[:8]}; the row attribution lost track")
-        recs = recs[:n]
-        with_phi = self.strategy.head is not None
+        head = self.strategy.head is not None
+        tau, gate, z, logp_phi = rec.unbind(-1)  # (n,) each, views
         return ResponseRecord(
-            token_ids=ids, tau=[r[0] for r in recs], logp=_sampled_logprobs(comp, ids),
-            finish_reason=comp.finish_reason, text=text,
-            gate=[r[1] for r in recs] if with_phi else None,
-            z=[r[2] for r in recs] if with_phi else None,
-            logp_phi=[r[3] for r in recs] if with_phi else None)
+            token_ids=ids, tau=tau, logp=_sampled_logprobs(comp, ids),
+            finish_reason=comp.finish_reason, text=text, gate=gate if head else None,
+            z=z if head else None, logp_phi=logp_phi if head else None)
 
     def _check_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """The tensors to send; rejects unknown names and partly-sent modules."""
@@ -396,6 +392,19 @@ class VLLMEngine:
         if not sd:
             raise ValueError("load_weights got an empty state dict")
         return sd
+
+
+def _checked_records(records: Tensor, ids: list[list[int]], keys: list[str]) -> list[Tensor]:
+    """Each response's (n, 4) records out of the (B, T, 4) batch of them; a position of a
+    generated token with no record (NaN) means the row attribution lost track: raise."""
+    n = torch.tensor([len(x) for x in ids])  # (B,)
+    lost = torch.isnan(records[..., 0]) & (torch.arange(records.shape[1]) < n[:, None])  # (B, T)
+    if bool(lost.any()):
+        i = int(lost.any(-1).nonzero()[0])
+        where = lost[i].nonzero().flatten()[:8].tolist()
+        raise RuntimeError(f"response {keys[i]} has {len(ids[i])} tokens but no recorded "
+                           f"temperature at positions {where}; the row attribution lost track")
+    return [records[i, :len(x)] for i, x in enumerate(ids)]
 
 
 def _module_of(name: str) -> str:

@@ -8,11 +8,16 @@ adds ``temperature_head`` (``meta.introllm.TemperatureHead``, fp32, weights ``te
 loaded with the checkpoint) and, once the worker has bound a ``TempoRuntime`` to it, does per step:
 
     logits = base.compute_logits(hidden)                         # (N, V) untempered
-    rows   = row_source.rows(N)                                  # request key, base τ, position
-    ctx    = RowContext(positions, prev_tau, base_tau, step, hidden?, logits?)
+    rows   = row_source.rows(N)                  # (N,) tensors: record slot, position, base τ
+    prev   = records[slot, position - 1, τ]                      # τ_{t-1}, on the device
+    ctx    = RowContext(positions, prev, base_tau, step, hidden?, logits?)
     d      = strategy.select(ctx)                                # every strategy, same path
-    records[key][position] = (τ, c, z, log π_φ)                  # later writes win
+    records[slot, position] = (τ, c, z, log π_φ)                 # later writes win
     return logits / τ[:, None]                                   # fp32
+
+all of it tensor operations on the logits' device: no Python code per row, no read of the
+device on the host (a GPU's host stays ahead of it); the records leave the device once per
+generate() (``TempoRuntime.collect``).
 
 Requests are sent with temperature 1.0 and no top-k/top-p/penalties, so vLLM samples from
 softmax(z / τ) and its returned sampled-token log-prob is log_softmax(z / τ)[y].
@@ -20,8 +25,8 @@ softmax(z / τ) and its returned sampled-token log-prob is log_softmax(z / τ)[y
 Two ways to bind a runtime: the rollout engine's ``tempo_bind`` RPC (``rollout.vllm_worker``), or,
 in a server where no engine sends RPCs, a binding *offered* by the serving row source when vLLM
 builds it (``offer_binding``, ``rollout.vllm_serving``) and taken by the model at its first
-``compute_logits``. A serving runtime keeps only the last records of its most recent requests
-(``keep_requests``), since nothing collects them.
+``compute_logits``. A serving runtime keeps only the last two records of at most
+``keep_requests`` requests, since nothing collects them.
 
 Dimension vocabulary: N rows in this step, d hidden size, V vocab.
 """
@@ -38,21 +43,33 @@ from torch import Tensor
 from meta.base import RowContext, TemperatureStrategy
 from meta.introllm import TemperatureHead
 from rollout.vllm_overlay import HEAD_PREFIX  # temperature_head.fc1.weight, ...
-from rollout.vllm_rows import Row, RowMismatch
+from rollout.vllm_rows import RowMismatch
 
 log = logging.getLogger(__name__)
 
 ARCH_PREFIX = "Tempo"
 """registered architecture name = ARCH_PREFIX + the checkpoint's architecture"""
 
-Record = tuple[float, float, float, float]  # (tau, gate, z, logp_phi) of one generated token
+RECORD_FIELDS = ("tau", "gate", "z", "logp_phi")
+"""the last axis of the record tensors: what was recorded for one generated token"""
+ANOMALIES = ("bad_tau", "missing_prev")
+"""what the device counts during a generate() (read once, by ``collect``), beside the rows
+written twice at one position (partial prefill chunks, recomputation)"""
 
 
 class TempoRuntime:
-    """Worker-side state: the strategy, the row source, the RNG and the per-token records."""
+    """Worker-side state: the strategy, the row source, the RNG and the per-token records.
+
+    The records live on the logits' device: ``records`` (R, L, 4) float32, row = a request's
+    record slot (``rollout.vllm_rows.RecordSlots``), column = response position (modulo L),
+    last axis ``RECORD_FIELDS``; NaN where nothing was recorded. A decode step reads τ_{t-1} from
+    them, runs the strategy, divides the logits and writes its records with tensor operations
+    only: no Python code per row and no read of the device on the host (anomalies are counted
+    on the device too). ``collect`` takes the records off the device once per generate().
+    """
 
     def __init__(self, rows, strategy: TemperatureStrategy, seed: int = 0, tp_group=None,
-                 keep_requests: int | None = None):
+                 keep_requests: int | None = None, max_positions: int = 4096):
         self.rows = rows
         self.strategy = strategy
         self.tp_group = tp_group
@@ -61,15 +78,20 @@ class TempoRuntime:
         self.step = 0
         self.seed = seed
         self.generator: torch.Generator | None = None
-        self.records: dict[str, dict[int, Record]] = {}
         self.keep_requests = keep_requests
-        """None (the rollout engine): every record until ``collect``; n (serving): the records at
-        the last two positions (τ_{t-1} of the next row, also after a partial prefill chunk) of
-        the n requests written most recently, older ones dropped (bounded memory, no collect)"""
+        """None (the rollout engine): every record of up to ``max_positions`` positions until
+        ``collect``; n (serving): the records at the last two positions (τ_{t-1} of the next row,
+        also after a partial prefill chunk) of at most n requests, the slots of those that left
+        the batch longest ago recycled (bounded memory, no collect)"""
+        self.width = 2 if keep_requests is not None else int(max_positions)
+        """L: positions a record row holds (a ring of 2 when serving)"""
+        if keep_requests is not None:
+            rows.slots.keep = keep_requests
+        self.records: Tensor | None = None  # (R, L, 4), allocated on the first row's device
+        self.counts: Tensor | None = None  # (len(ANOMALIES) + 1,) int64: anomalies, rewritten
         self.anomalies: dict[str, int] = {}
+        """found on the host (row attribution, shapes), counted as they happen"""
         self.messages: list[str] = []
-        self.rewritten = 0
-        """records overwritten at the same position (partial prefill chunks, recomputation)"""
         self.select_s = 0.0
         """seconds in strategy.select during this generate() (host time: on GPU, launches)"""
         self._hidden: Tensor | None = None
@@ -83,10 +105,10 @@ class TempoRuntime:
         if seed is not None and seed_global:
             torch.manual_seed(seed)
         self.step = int(step)
-        self.records.clear()
+        self.rows.slots.reset()
+        self.records = self.counts = None  # made afresh at the first row (vLLM's inference mode)
         self.anomalies.clear()
         self.messages.clear()
-        self.rewritten = 0
         self.select_s = 0.0
         self.rows.readded = 0
         if seed is not None:
@@ -105,6 +127,26 @@ class TempoRuntime:
             if self.keep_requests is not None:  # serving: no generate() to raise it
                 log.warning("per-token temperature: %s: %s", name, message)
 
+    def _record_rows(self, device: torch.device) -> Tensor:
+        """The record tensor, on ``device``, with a row for every record slot handed out
+        (grown by doubling; checked on the host); rows of recycled slots cleared."""
+        need = self.rows.slots.size
+        rec = self.records
+        if rec is None or rec.device != device or rec.shape[0] < need:
+            rows = max(need, 2 * (0 if rec is None else rec.shape[0]), 64)
+            grown = torch.full((rows, self.width, len(RECORD_FIELDS)), float("nan"),
+                               dtype=torch.float32, device=device)
+            if rec is not None:
+                grown[:rec.shape[0]] = rec.to(device)
+            self.records = rec = grown
+            if self.counts is None or self.counts.device != device:
+                counts = torch.zeros(len(ANOMALIES) + 1, dtype=torch.int64, device=device)
+                self.counts = counts if self.counts is None else counts + self.counts.to(device)
+        evicted = self.rows.slots.evicted
+        while evicted:  # serving only, one per recycled request: scalar-indexed fills
+            rec[evicted.pop()].fill_(float("nan"))
+        return rec
+
     def on_compute_logits(self, hidden: Tensor, logits: Tensor) -> Tensor:
         """``compute_logits``: divide here (runner V1), or stash the hidden states for the row
         source's ``apply`` that follows in the same step (runner V2)."""
@@ -116,9 +158,9 @@ class TempoRuntime:
     def apply_rows(self, logits: Tensor, rows_fn, hidden: Tensor | None = None) -> Tensor:
         """logits (N, V) untempered -> (N, V) fp32 logits / τ; records each row.
 
-        ``rows_fn()`` gives the N rows (``rollout.vllm_rows.Row``) or None for a batch with no
-        requests behind it; ``hidden`` (N, d) defaults to the states stashed by
-        ``on_compute_logits``.
+        ``rows_fn()`` gives the N rows (``rollout.vllm_rows.RowBatch``) or None for a batch with
+        no requests behind it; ``hidden`` (N, d) defaults to the states stashed by
+        ``on_compute_logits``. Tensor operations only from here on (see the class docstring).
         """
         n = logits.shape[0]
         try:
@@ -137,28 +179,30 @@ class TempoRuntime:
                               f"by compute_logits have {stashed}")
                 return logits
         device = logits.device
-        positions, prev_tau = self._positions_and_prev_tau(rows)
-        base_tau = torch.tensor([r.base_tau for r in rows], dtype=torch.float32)
-        ctx = RowContext(
-            positions=positions.to(device), prev_tau=prev_tau.to(device),
-            base_tau=base_tau.to(device), step=self.step,
-            hidden=hidden if s.needs_hidden else None,
-            logits=logits if s.needs_logits else None,
-            generator=self._generator(device))
+        rec = self._record_rows(device)
+        w = self.width
+        slot, pos, base = rows.slot, rows.position, rows.base_tau  # (N,) each
+        prev = rec[slot, (pos - 1) % w, 0]  # (N,) τ_{t-1} as recorded; NaN: none
+        recorded = prev == prev  # not NaN
+        use_prev = rows.continues & recorded
+        prev = torch.where(use_prev, prev, base)
+        ctx = RowContext(positions=pos, prev_tau=prev, base_tau=base, step=self.step,
+                         hidden=hidden if s.needs_hidden else None,
+                         logits=logits if s.needs_logits else None,
+                         generator=self._generator(device))
         t0 = time.perf_counter()
         d = s.select(ctx)
         self.select_s += time.perf_counter() - t0
         tau = d.tau.to(device=device, dtype=torch.float32).reshape(n)  # (N,)
-        bad = ~torch.isfinite(tau) | (tau <= 0)
-        if bool(bad.any()):
-            self._anomaly("bad_tau", f"{s.name} returned non-finite or non-positive tau "
-                                     f"{tau[bad][:4].tolist()} for {int(bad.sum())} rows")
-            tau = torch.where(bad, base_tau.to(device), tau)
-        if any(r.greedy for r in rows):  # greedy rows are argmax of z / 1: record tau = 1
-            greedy = torch.tensor([r.greedy for r in rows], device=device)
-            tau = torch.where(greedy, torch.ones_like(tau), tau)
+        ok = (tau > 0) & (tau < float("inf"))  # False for NaN too
+        tau = torch.where(rows.greedy, 1.0, torch.where(ok, tau, base))  # greedy: argmax of z/1
         decision = self._same_on_every_rank(tau, d)  # (N, 4): tau, gate, z, logp_phi
-        self._record(rows, positions.tolist(), decision)
+        col = pos % w
+        old = rec[slot, col, 0]
+        # anomalies: a bad τ, a missing τ_{t-1}; and rewrites (partial prefill, recompute)
+        events = torch.stack([~ok, rows.continues & ~recorded, (old == old) & (slot > 0)])
+        self.counts += events.sum(1)
+        rec[slot, col] = decision
         return logits.to(torch.float32) / decision[:, :1]
 
     def _same_on_every_rank(self, tau: Tensor, d) -> Tensor:
@@ -172,50 +216,44 @@ class TempoRuntime:
             decision = self.tp_group.broadcast(decision.contiguous(), src=0)
         return decision
 
-    def _positions_and_prev_tau(self, rows: list[Row]) -> tuple[Tensor, Tensor]:
-        """(N,) long positions and (N,) float τ_{t-1} (base τ at t = 0) looked up in the records."""
-        positions, prev = [], []
-        for r in rows:
-            t = r.position
-            positions.append(t)
-            if t == 0 or r.key is None:
-                prev.append(r.base_tau)
-                continue
-            rec = self.records.get(r.key, {}).get(t - 1)
-            if rec is None:
-                self._anomaly("missing_prev", f"no record of position {t - 1} for {r.key}")
-                prev.append(r.base_tau)
-            else:
-                prev.append(rec[0])
-        return torch.tensor(positions, dtype=torch.long), torch.tensor(prev, dtype=torch.float32)
-
-    def _record(self, rows: list[Row], positions: list[int], decision: Tensor) -> None:
-        keep = self.keep_requests
-        for r, t, rec in zip(rows, positions, decision.tolist()):
-            if r.key is None:
-                continue
-            if keep is None:
-                recs = self.records.setdefault(r.key, {})
-            else:  # re-inserted: the dict's order is the requests' last writes, oldest first
-                recs = {p: v for p, v in self.records.pop(r.key, {}).items() if p >= t - 1}
-                self.records[r.key] = recs
-            self.rewritten += t in recs
-            recs[t] = tuple(rec)
-        if keep is not None:
-            while len(self.records) > keep:
-                del self.records[next(iter(self.records))]
-
-    def collect(self, keys: list[str]) -> dict:
-        """Records of ``keys`` as {key: [record or None per position 0..max]}, plus anomalies."""
-        out = {}
-        for k in keys:
-            recs = self.records.pop(k, {})
-            top = max(recs) + 1 if recs else 0
-            out[k] = [recs.get(t) for t in range(top)]
-        counters = {"readded_rows": float(self.rows.readded),
-                    "rewritten_rows": float(self.rewritten)}
-        return {"records": out, "anomalies": dict(self.anomalies), "messages": list(self.messages),
+    def collect(self, keys: list[str], length: int | None = None) -> dict:
+        """The records of ``keys``: ``records`` (K, T, 4) float32 on the CPU, in
+        ``RECORD_FIELDS`` order, NaN where none was recorded (T = ``length``, default: every
+        position a row holds), plus the anomalies, counters and select time. One copy off the
+        device (and one of the counters)."""
+        width = self.width if length is None else int(length)
+        if width > self.width:
+            self._anomaly("over_length", f"a response of {width} tokens is longer than the "
+                          f"{self.width} positions the records hold (max_positions)")
+            width = self.width
+        index = [self.rows.slots.get(k) for k in keys]
+        if self.records is None:
+            out = torch.full((len(keys), width, len(RECORD_FIELDS)), float("nan"))
+            counts = [0] * (len(ANOMALIES) + 1)
+        else:
+            known = torch.tensor([i is not None for i in index], dtype=torch.bool)
+            slots = torch.tensor([i or 0 for i in index], dtype=torch.long,
+                                 device=self.records.device)
+            out = self.records[slots, :width].cpu()  # (K, T, 4)
+            out[~known] = float("nan")
+            counts = self.counts.tolist()
+        anomalies, messages = dict(self.anomalies), list(self.messages)
+        for name, count in zip(ANOMALIES, counts):
+            if count:
+                anomalies[name] = anomalies.get(name, 0) + count
+                messages.append(_ANOMALY_TEXT[name].format(count=count,
+                                                           strategy=self.strategy.name))
+        counters = {"readded_rows": float(self.rows.readded), "rewritten_rows": float(counts[-1])}
+        return {"records": out, "anomalies": anomalies, "messages": messages,
                 "counters": counters, "select_s": self.select_s}
+
+
+_ANOMALY_TEXT = {
+    "bad_tau": "{strategy} returned a non-finite or non-positive tau for {count} rows (sampled "
+               "at the request's base tau instead)",
+    "missing_prev": "{count} rows found no record of their previous position (tau_(t-1) taken "
+                    "as the request's base tau)",
+}
 
 
 class TempoModelMixin:

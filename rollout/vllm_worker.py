@@ -20,7 +20,7 @@ import logging
 from meta.introllm import TemperatureHead
 from meta.registry import strategy_from_spec
 from rollout.vllm_model import TempoModelMixin, TempoRuntime
-from rollout.vllm_payload import pack_state, unpack
+from rollout.vllm_payload import pack, pack_state, unpack
 from rollout.vllm_rows import find_row_source
 
 _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
@@ -38,12 +38,14 @@ class TempoWorkerExtension:
                                f"class; load it through rollout.vllm_engine.VLLMEngine")
         return model
 
-    def tempo_bind(self, spec: dict, seed: int = 0) -> None:
+    def tempo_bind(self, spec: dict, seed: int = 0, max_positions: int = 4096) -> None:
         """Drive sampling with the strategy of ``spec`` from now on; a head-owning strategy
-        samples with the model's head (its weights: the checkpoint's, then the weight syncs)."""
+        samples with the model's head (its weights: the checkpoint's, then the weight syncs).
+        ``max_positions``: the longest response (its records' width on the device)."""
         model = self._tempo_model()
         if model.tempo_runtime is None:
-            bind_runtime(model, find_row_source(self.model_runner), spec, seed)
+            bind_runtime(model, find_row_source(self.model_runner), spec, seed,
+                         max_positions=max_positions)
         else:  # keep the row source (it follows the live batch); swap the strategy
             strategy = strategy_from_spec(spec)
             share_head(strategy, model.temperature_head)
@@ -52,14 +54,20 @@ class TempoWorkerExtension:
     def tempo_begin(self, step: int, seed: int | None, seed_global: bool = False) -> None:
         self._tempo_model().tempo_runtime.begin(step, seed, seed_global)
 
-    def tempo_collect(self, keys: list[str], full: bool = False) -> dict:
-        """Rank 0: the records of ``keys``; every rank: their digest, so that the engine checks
-        that all tensor-parallel ranks recorded the same; other ranks send the records only when
+    def tempo_collect(self, keys: list[str], length: int, packed: bool = False,
+                      full: bool = False) -> dict:
+        """Rank 0: the records of ``keys`` over their first ``length`` positions, one (K, T, 4)
+        tensor (``TempoRuntime.collect``; ``packed``: as plain bytes, for an engine core in
+        another process); every rank: the SHA-256 of those bytes, so that the engine checks that
+        all tensor-parallel ranks recorded the same; other ranks send the records only when
         ``full``."""
-        got = self._tempo_model().tempo_runtime.collect(keys)
-        got["digest"] = hashlib.sha256(repr(got["records"]).encode()).hexdigest()
+        got = self._tempo_model().tempo_runtime.collect(keys, length)
+        records = got["records"]
+        got["digest"] = hashlib.sha256(records.numpy().tobytes()).hexdigest()
         if _tp_rank() != 0 and not full:
             got["records"] = None
+        elif packed:
+            got["records"] = pack(records)
         return got
 
     def tempo_load_weights(self, weights: dict, quiet: bool = False) -> bool:
@@ -99,7 +107,7 @@ class TempoWorkerExtension:
 
 
 def bind_runtime(model: TempoModelMixin, rows, spec: dict, seed: int = 0,
-                 keep_requests: int | None = None) -> TempoRuntime:
+                 keep_requests: int | None = None, max_positions: int = 4096) -> TempoRuntime:
     """Give ``model`` a ``TempoRuntime`` over the row source ``rows`` that samples with the
     strategy of ``spec`` (a head-owning one with the model's head); returns it. Used by
     ``tempo_bind`` and by serving mode (``rollout.vllm_serving``, ``keep_requests``: see
@@ -107,7 +115,7 @@ def bind_runtime(model: TempoModelMixin, rows, spec: dict, seed: int = 0,
     strategy = strategy_from_spec(spec)
     share_head(strategy, model.temperature_head)
     runtime = TempoRuntime(rows, strategy, seed, tp_group=_tp_group(),
-                           keep_requests=keep_requests)
+                           keep_requests=keep_requests, max_positions=max_positions)
     model.tempo_runtime = runtime
     if not rows.divides_in_compute_logits:
         rows.runtime = runtime

@@ -4,12 +4,15 @@ of every benchmark through the command line (launch.bench.__main__), and its --h
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from launch.bench.__main__ import SUBCOMMANDS, main
 from launch.bench.harness import Arm, Table, compare, interleaved, quantile, schedule, summarize
 from launch.bench.rollout import head_cost_note
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -144,6 +147,50 @@ def test_rollout_benchmark_hf(tiny_model_dir, tmp_path, capsys):
     # the head's select does real work; the fixed strategy's is a copy of base tau
     samples = result["arms"]["hf:introllm"]["samples"]
     assert all(s["select_s"] > 0 and 0.5 <= s["mean_tau"] <= 1.5 for s in samples)
+
+
+def test_rollout_benchmark_puts_a_baseline_trees_arms_and_host_steps_beside_this_trees(
+        tiny_model_dir, tmp_path, capsys):
+    """--baseline runs the same arms and host-step figures over another tree in a child process
+    (here this very tree, as a folder: what a git worktree of REF would be)."""
+    result = main(["rollout", "--engines", "hf", "--model", str(tiny_model_dir), *SMALL,
+                   "--host-rows", "8,32", "--baseline", str(ROOT)])
+    text = capsys.readouterr().out
+    assert set(result["arms"]) == {"hf:introllm", "hf:fixed", "hf:introllm@base",
+                                   "hf:fixed@base"}
+    assert all(s["tokens"] > 0 and s["cpu_seconds"] > 0  # the child's own clocks
+               for s in result["arms"]["hf:fixed@base"]["samples"])
+    assert {"hf: introllm / fixed @base", "hf:introllm: this / @base"} <= set(result["ratios"])
+    for side in ("this", "base"):
+        got = {(h["strategy"], h["rows"]) for h in result["host_step"][side]}
+        assert got == {(s, n) for s in ("introllm", "fixed") for n in (8, 32)}
+        assert all(h["us_median"] > 0 for h in result["host_step"][side])
+    assert "host microseconds" in text and "@base us/step" in text
+
+
+def test_a_baseline_ref_is_checked_out_as_a_temporary_worktree(tmp_path):
+    import subprocess
+
+    from launch.bench import baseline
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "f.txt").write_text("one")
+    subprocess.run([*git, "-C", str(repo), "add", "f.txt"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "one"], check=True)
+    (repo / "f.txt").write_text("two")  # the working copy moved on; the worktree has the commit
+    old_root, baseline.ROOT = baseline.ROOT, repo
+    try:
+        with baseline.worktree("HEAD") as (tree, sha):
+            assert (tree / "f.txt").read_text() == "one" and len(sha) == 40
+        assert not tree.exists()
+        with pytest.raises(SystemExit, match="is not a commit"):
+            with baseline.worktree("no-such-ref"):
+                pass
+    finally:
+        baseline.ROOT = old_root
 
 
 @pytest.mark.slow  # starts vLLM

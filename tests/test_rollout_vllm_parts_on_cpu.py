@@ -29,8 +29,8 @@ from rollout.vllm_overlay import (
 )
 from rollout.vllm_rows import (
     BASE_TAU,
+    GREEDY,
     KEY,
-    Row,
     RowMismatch,
     V1RowTracker,
     V2RowSource,
@@ -49,6 +49,12 @@ def update(size, removed=(), added=(), moved=()):
 # --------------------------------------------------------------------------- V1RowTracker
 
 
+def keys_of(t, batch):
+    """The request key of each row of a RowBatch (record slot -> key, via the tracker's slots)."""
+    by_slot = {v: k for k, v in t.slots._slot.items()}
+    return [by_slot.get(int(s)) for s in batch.slot]
+
+
 def test_tracker_follows_adds_removes_moves_and_swaps():
     t = V1RowTracker(None, torch.device("cpu"), False)
     assert t.rows(4) is None  # no requests yet: warm-up batches pass through
@@ -56,23 +62,24 @@ def test_tracker_follows_adds_removes_moves_and_swaps():
     t.update_state(update(3, added=[(0, params("a", 0.7), [1], outs["a"]),
                                     (1, params("b"), [1], outs["b"]),
                                     (2, params("c"), [1], outs["c"])]))
-    assert [r.key for r in t.rows(3)] == ["a", "b", "c"]
-    assert t.rows(3)[0].base_tau == pytest.approx(0.7)
+    assert keys_of(t, t.rows(3)) == ["a", "b", "c"]
+    assert t.rows(3).base_tau.tolist() == pytest.approx([0.7, 1.0, 1.0])
     outs["a"] += [5, 6]  # live reference: two tokens generated -> next row samples position 2
-    assert t.rows(3)[0].position == 2
+    assert t.rows(3).position.tolist() == [2, 0, 0]
     # b finishes; condense moves the last request into its slot
     t.update_state(update(2, removed=[1], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
-    assert [r.key for r in t.rows(2)] == ["a", "c"]
+    assert keys_of(t, t.rows(2)) == ["a", "c"]
     # an attention backend reorders (decode-first): swap
     t.update_state(update(2, moved=[(0, 1, MoveDirectionality.SWAP)]))
-    assert [r.key for r in t.rows(2)] == ["c", "a"]
+    assert keys_of(t, t.rows(2)) == ["c", "a"]
     # a preempted request comes back with tokens already generated
     outs["d"] += [9, 9, 9]
     t.update_state(update(3, added=[(2, params("d"), [1], outs["d"])]))
-    assert [(r.key, r.position) for r in t.rows(3)] == [("c", 0), ("a", 2), ("d", 3)]
+    rows = t.rows(3)
+    assert list(zip(keys_of(t, rows), rows.position.tolist())) == [("c", 0), ("a", 2), ("d", 3)]
     assert t.readded == 1  # "d" (re-)entered with tokens already generated
     t.update_state(None)  # no change
-    assert len(t.rows(3)) == 3
+    assert len(t.rows(3).slot) == 3
     with pytest.raises(RowMismatch, match="got 5 rows"):
         t.rows(5)
 
@@ -82,25 +89,44 @@ def test_tracker_slot_reused_in_same_step():
     t.update_state(update(2, added=[(0, params("a"), [], []), (1, params("b"), [], [])]))
     # a finishes and a new request takes its slot (removed index popped by the add)
     t.update_state(update(2, added=[(0, params("n"), [], [])]))
-    assert [r.key for r in t.rows(2)] == ["n", "b"]
+    assert keys_of(t, t.rows(2)) == ["n", "b"]
+
+
+def test_a_request_keeps_its_record_slot_across_preemption_and_unknown_requests_share_slot_0():
+    t = V1RowTracker(None, torch.device("cpu"), False)
+    t.update_state(update(2, added=[(0, params("a"), [], []), (1, SamplingParams(), [], [])]))
+    slot_a = int(t.rows(2).slot[0])
+    assert slot_a > 0 and int(t.rows(2).slot[1]) == 0  # no key: the scratch slot
+    t.update_state(update(1, removed=[0], moved=[(1, 0, MoveDirectionality.UNIDIRECTIONAL)]))
+    t.update_state(update(2, added=[(1, params("a"), [], [4])]))  # a resumes elsewhere
+    assert int(t.rows(2).slot[1]) == slot_a
 
 
 # --------------------------------------------------------------------------- TempoRuntime
 
 
-class FakeRows:
-    """A V1-style row source over (key, base tau, greedy, live output list) entries."""
+class Batch:
+    """Requests in a V1 tracker, stepped as a decoding loop: each step every request samples."""
 
-    divides_in_compute_logits = True
+    def __init__(self, requests, width=16):
+        self.tracker = V1RowTracker(None, torch.device("cpu"), False)
+        self.outputs = [[] for _ in requests]
+        added = []
+        for i, (key, tau, greedy) in enumerate(requests):
+            p = SamplingParams(extra_args={KEY: key, BASE_TAU: tau, GREEDY: greedy})
+            added.append((i, p, [1], self.outputs[i]))
+        self.added = update(len(requests), added=added)
+        self.width = width
 
-    def __init__(self, rows):
-        self._rows = rows
-        self.readded = 0
+    def runtime(self, strategy, **kwargs):
+        rt = TempoRuntime(self.tracker, strategy, max_positions=self.width, **kwargs)
+        rt.begin(step=0, seed=0)
+        self.tracker.update_state(self.added)
+        return rt
 
-    def rows(self, n):
-        if n != len(self._rows):
-            raise RowMismatch(f"{n} != {len(self._rows)}")
-        return [Row(k, tau, greedy, len(out)) for k, tau, greedy, out in self._rows]
+    def accept(self):
+        for out in self.outputs:
+            out.append(1)
 
 
 class PrevPlusOne(TemperatureStrategy):
@@ -114,27 +140,24 @@ class PrevPlusOne(TemperatureStrategy):
 
 
 def test_runtime_prev_tau_records_and_rewrites():
-    out_a, out_b = [], []
-    rows = [("a", 1.0, False, out_a), ("b", 0.5, False, out_b)]
-    rt = TempoRuntime(FakeRows(rows), PrevPlusOne())
-    rt.begin(step=0, seed=0)
+    b = Batch([("a", 1.0, False), ("b", 0.5, False)])
+    rt = b.runtime(PrevPlusOne())
     logits = torch.ones(2, 4)  # (N, V)
     for _ in range(3):
         got = rt.on_compute_logits(torch.zeros(2, 8), logits)
-        out_a.append(1)
-        out_b.append(1)
+        b.accept()
     rt.on_compute_logits(torch.zeros(2, 8), logits)  # position 3 ...
-    assert rt.rewritten == 0
     # ... again, as for a partial prefill chunk whose token was dropped: the later write wins
     rt.on_compute_logits(torch.zeros(2, 8), logits)
-    assert rt.rewritten == 2
-    res = rt.collect(["a", "b"])
-    taus_a = [r[0] for r in res["records"]["a"]]
-    taus_b = [r[0] for r in res["records"]["b"]]
-    assert taus_a == pytest.approx([1.1, 1.2, 1.3, 1.4])
-    assert taus_b == pytest.approx([0.6, 0.7, 0.8, 0.9])
+    res = rt.collect(["a", "b"], 4)
+    assert res["counters"]["rewritten_rows"] == 2
+    assert res["records"].shape == (2, 4, 4)  # (K, T, tau/gate/z/logp_phi)
+    assert res["records"][0, :, 0].tolist() == pytest.approx([1.1, 1.2, 1.3, 1.4])
+    assert res["records"][1, :, 0].tolist() == pytest.approx([0.6, 0.7, 0.8, 0.9])
     assert not res["anomalies"]
     torch.testing.assert_close(got, logits / torch.tensor([[1.3], [0.8]]))
+    unknown = rt.collect(["zz"], 4)["records"]
+    assert torch.isnan(unknown).all()  # never recorded: NaN, which the engine refuses
 
 
 class Broken(TemperatureStrategy):
@@ -145,18 +168,27 @@ class Broken(TemperatureStrategy):
 
 
 def test_runtime_counts_bad_tau_and_row_mismatch_without_raising():
-    rows = [("a", 0.9, False, []), ("g", 1.3, True, [])]
-    rt = TempoRuntime(FakeRows(rows), Broken())
-    rt.begin(0, None)
+    b = Batch([("a", 0.9, False), ("g", 1.3, True)])
+    rt = b.runtime(Broken())
     out = rt.on_compute_logits(torch.zeros(2, 8), torch.ones(2, 4))
     # NaN replaced by the base tau (and reported); greedy rows always use tau = 1
     torch.testing.assert_close(out, torch.tensor([[1 / 0.9] * 4, [1.0] * 4]))
     logits = torch.ones(3, 4)
     # mismatch: pass-through, reported
     assert rt.on_compute_logits(torch.zeros(3, 8), logits) is logits
-    res = rt.collect(["a", "g"])
-    assert res["anomalies"] == {"bad_tau": 1, "row_mismatch": 1}
-    assert res["records"]["g"][0][0] == 1.0
+    res = rt.collect(["a", "g"], 1)
+    assert res["anomalies"] == {"bad_tau": 2, "row_mismatch": 1}
+    assert res["records"][1, 0, 0] == 1.0
+    assert any("non-finite or non-positive tau for 2 rows" in m for m in res["messages"])
+
+
+def test_a_position_beyond_the_records_width_is_counted():
+    b = Batch([("a", 1.0, False)], width=2)
+    rt = b.runtime(PrevPlusOne())
+    for _ in range(3):
+        rt.on_compute_logits(torch.zeros(1, 8), torch.ones(1, 4))
+        b.accept()
+    assert rt.collect(["a"], 3)["anomalies"] == {"over_length": 1}
 
 
 # --------------------------------------------------------------------------- V2RowSource
@@ -191,12 +223,13 @@ def test_v2_source_positions_under_chunked_prefill_resume_and_slot_reuse():
     # a: partial prefill chunk (last input at 63 of 100) -> the position its final chunk samples
     # b: final chunk of its re-prefill (last input at 12) -> samples position 3
     rows = src.rows(_ctx([2, 0], [63, 12]), 2)
-    assert [(r.key, r.position) for r in rows] == [("a", 0), ("b", 3)]
+    assert list(zip(keys_of(src, rows), rows.position.tolist())) == [("a", 0), ("b", 3)]
     rows = src.rows(_ctx([0, 2], [13, 99]), 2)  # decode of b; final prefill chunk of a
-    assert [(r.key, r.position) for r in rows] == [("b", 4), ("a", 0)]
+    assert list(zip(keys_of(src, rows), rows.position.tolist())) == [("b", 4), ("a", 0)]
     _add(src, lens, 2, "c", prompt=7, tau=0.6)  # a finished; its slot is recycled
-    (row,) = src.rows(_ctx([2], [8]), 1)
-    assert (row.key, row.position, row.base_tau) == ("c", 2, pytest.approx(0.6))
+    rows = src.rows(_ctx([2], [8]), 1)
+    assert (keys_of(src, rows), rows.position.tolist()) == (["c"], [2])
+    assert rows.base_tau.tolist() == pytest.approx([0.6])
     with pytest.raises(RowMismatch, match="speculative"):
         src.rows(_ctx([2], [8]), 2)
 
@@ -212,7 +245,7 @@ def test_v2_source_divides_in_apply_with_the_hidden_states_stashed_by_compute_lo
     assert rt.on_compute_logits(torch.zeros(1, 8), logits) is logits  # V2: no division here
     out = src.apply(logits.clone(), _ctx([1], [3]))
     torch.testing.assert_close(out, logits / 0.6)
-    assert rt.collect(["a"])["records"]["a"][0][0] == pytest.approx(0.6)
+    assert rt.collect(["a"], 1)["records"][0, 0, 0].item() == pytest.approx(0.6)
 
 
 def test_find_row_source_in_either_runner():

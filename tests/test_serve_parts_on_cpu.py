@@ -19,7 +19,7 @@ from launch.model_export import POLICY_FILE, policy_record
 from launch.serve import SAMPLING_DEFAULTS, configure, load_strategy
 from meta.base import RowContext, TempDecision, TemperatureStrategy
 from rollout.vllm_model import TempoRuntime, tempo_model_class
-from rollout.vllm_rows import KEY, Row
+from rollout.vllm_rows import KEY
 from rollout.vllm_serving import (
     POLICY_ENV,
     ServingV1RowTracker,
@@ -54,12 +54,15 @@ def test_every_request_gets_its_own_key_and_keeps_it_when_it_comes_back(serving)
     g = SamplingParams(temperature=0.0, extra_args={KEY: "client-chosen"})
     add(t, 3, [(0, a, [1], []), (1, b, [1], []), (2, g, [1], [])])
     rows = t.rows(3)
-    keys = [r.key for r in rows]
+    keys = [p.extra_args[KEY] for p in (a, b, g)]
     assert len(set(keys)) == 3 and "client-chosen" not in keys
-    assert [r.base_tau for r in rows] == [0.8] * 3 and [r.greedy for r in rows] == [0, 0, 1]
+    assert rows.slot.tolist() == [t.slots.get(k) for k in keys]  # a record slot each
+    assert rows.base_tau.tolist() == pytest.approx([0.8] * 3)
+    assert rows.greedy.tolist() == [False, False, True]
     assert shared == {"client": 1} and a.extra_args["client"] == 1
     add(t, 3, [(0, a, [1], [7, 7])])  # a, back after preemption (the worker's same object)
-    assert t.rows(3)[0].key == keys[0] and t.rows(3)[0].position == 2
+    assert a.extra_args[KEY] == keys[0]
+    assert t.rows(3).slot[0] == t.slots.get(keys[0]) and t.rows(3).position[0] == 2
 
 
 def test_prompt_logprobs_are_refused_with_the_reason():
@@ -121,33 +124,28 @@ class PrevPlusOne(TemperatureStrategy):
         return TempDecision(tau=ctx.prev_tau + 0.1)
 
 
-class Rows:
-    divides_in_compute_logits = True
-
-    def __init__(self):
-        self.now: list[Row] = []
-        self.readded = 0
-
-    def rows(self, n):
-        return self.now
-
-
-def test_a_serving_runtime_keeps_two_records_of_its_latest_requests():
-    rows = Rows()
-    rt = TempoRuntime(rows, PrevPlusOne(), keep_requests=3)
-    for t in range(4):  # request a: positions 0..3; position 3 twice (a partial prefill chunk)
-        rows.now = [Row("a", 1.0, False, t)]
+def test_a_serving_runtime_keeps_two_records_of_at_most_its_latest_requests(serving):
+    t = ServingV1RowTracker(config(), torch.device("cpu"), False)
+    rt = TempoRuntime(t, PrevPlusOne(), keep_requests=3)
+    a, out_a = SamplingParams(), []
+    add(t, 1, [(0, a, [1], out_a)])
+    for _ in range(4):  # request a: positions 0..3; position 3 twice (a partial prefill chunk)
         rt.on_compute_logits(None, torch.ones(1, 2))
+        out_a.append(1)
+    del out_a[-1]
     rt.on_compute_logits(None, torch.ones(1, 2))
-    assert sorted(rt.records["a"]) == [2, 3]
-    assert rt.records["a"][3][0] == pytest.approx(1.4) and not rt.anomalies
-    for i in range(100):  # many more requests: memory stays bounded, the oldest go
-        rows.now = [Row(f"r{i}", 1.0, False, 0)]
+    assert rt.records.shape[1:] == (2, 4)  # (R, 2 positions, tau/gate/z/logp_phi)
+    row = rt.records[t.slots.get(a.extra_args[KEY])]
+    assert sorted(row[:, 0].tolist()) == pytest.approx([0.8 + 0.3, 0.8 + 0.4])  # positions 2, 3
+    for _ in range(100):  # many more requests, each leaving: memory stays bounded
+        t.update_state(BatchUpdate(batch_size=1, removed=[0], added=[(0, SamplingParams(), [1],
+                                                                      [])], moved=[]))
         rt.on_compute_logits(None, torch.ones(1, 2))
-    assert list(rt.records) == ["r97", "r98", "r99"]
-    rows.now = [Row("a", 1.0, False, 4)]  # evicted: tau_{t-1} falls back to the base, said so
-    rt.on_compute_logits(None, torch.ones(1, 2))
-    assert rt.anomalies == {"missing_prev": 1}
+    assert t.slots.size <= 4 and rt.records.shape[0] == 64  # 3 kept + the scratch slot
+    t.update_state(BatchUpdate(batch_size=1, removed=[0], added=[(0, a, [1], [1, 1, 1, 1])],
+                               moved=[]))
+    rt.on_compute_logits(None, torch.ones(1, 2))  # a was recycled: tau_{t-1} is the base, said so
+    assert rt.collect([], 0)["anomalies"] == {"missing_prev": 1}
 
 
 def parsed(*extra):

@@ -47,7 +47,8 @@ def interleaved(arms: Sequence[Arm], reps: int, warmup: int = 1, balance: bool =
     Returns {arm name: [sample per counted round]}, a sample being the arm's own dict plus
     ``round`` (0-based among counted rounds), ``seconds`` (wall time of ``run``) and
     ``cpu_seconds`` (this process's CPU time during ``run``: less sensitive than wall time to
-    other work on a shared machine, blind to time spent waiting, e.g. on a GPU).
+    other work on a shared machine, blind to time spent waiting, e.g. on a GPU); an arm that runs
+    elsewhere reports its own clocks under those names, and they are kept.
     """
     if reps < 1 or warmup < 0:
         raise ValueError(f"reps ({reps}) must be >= 1 and warmup ({warmup}) >= 0; "
@@ -67,8 +68,8 @@ def interleaved(arms: Sequence[Arm], reps: int, warmup: int = 1, balance: bool =
             tag = "warm-up" if r < warmup else f"rep {r - warmup + 1}/{reps}"
             progress(f"  {tag:>9}  {name:<16} {seconds:7.2f} s  {out.get('tokens', 0):>8} tokens")
         if r >= warmup:
-            samples[name].append({**out, "round": r - warmup, "seconds": seconds,
-                                  "cpu_seconds": cpu_seconds})
+            samples[name].append({"round": r - warmup, "seconds": seconds,
+                                  "cpu_seconds": cpu_seconds, **out})
     return samples
 
 

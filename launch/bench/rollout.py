@@ -6,7 +6,13 @@ prompts x G responses):
 * vLLM vs transformers on the same requests, per strategy (fixed: the plain engine comparison);
 * the vLLM engine's shapes (``vllm-process``: engine core in its own process, ``vllm-tp2``: two
   tensor-parallel ranks) against the default in-process one;
-* the share of generate time spent in ``strategy.select`` (the head's forward, its draws, log pi).
+* the share of generate time spent in ``strategy.select`` (the head's forward, its draws, log pi);
+* the host's microseconds per decode step of the per-token-temperature path at N rows
+  (``--host-rows``, ``launch.bench.host_step``: hidden size and vocabulary 8, so that what is
+  timed is the host's work, which on a GPU must stay below the device's step time);
+* with ``--baseline REF``, all of it again for another commit's code (a temporary git worktree,
+  ``launch.bench.baseline``), interleaved round by round with this tree's arms: today's path beside
+  the new one in one run.
 
 How the numbers are taken (``launch.bench.harness.interleaved``): one uncounted warm-up round
 runs every arm, then ``--reps`` rounds run every arm once each, in the order A B C, C B A,
@@ -22,9 +28,14 @@ shared machine other work steals wall time from single arms, much less so CPU ti
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import json
 import os
-import time
+import subprocess
+from pathlib import Path
 
+from launch.bench.baseline import worktree
 from launch.bench.harness import (
     Arm,
     Table,
@@ -61,6 +72,12 @@ def add_rollout_parser(sub) -> None:
     p.add_argument("--hf-batch-size", type=int, default=64, help="transformers engine batch")
     p.add_argument("--max-num-seqs", type=int, default=256, help="vLLM engine batch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--host-rows", default="8,64,256",
+                   help="rows per decode step for the host-microseconds table ('' = skip it)")
+    p.add_argument("--baseline", default=None, metavar="REF",
+                   help="also run every arm with the code of git commit REF (e.g. HEAD~3; or a "
+                   "folder holding another checkout), interleaved with this tree's; its arm "
+                   "names end in @base")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=bench_rollout)
 
@@ -101,103 +118,121 @@ def bench_rollout(args) -> dict:
                 "prompt_tokens_mean": round(sum(map(len, prompt_ids)) / len(prompt_ids), 1),
                 "reps": args.reps, "warmup": args.warmup, "fixed_temperature": args.temperature,
                 "hf_batch_size": args.hf_batch_size, "vllm_max_num_seqs": args.max_num_seqs,
-                "seed": args.seed}
+                "seed": args.seed, "baseline": args.baseline}
+    spec = {"model": model, "engines": {e: ROLLOUT_ENGINES[e] for e in engines},
+            "strategies": strategies, "prompt_ids": prompt_ids, "group": args.group,
+            "seed": args.seed, "temperature": args.temperature,
+            "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
+            "hf_batch_size": args.hf_batch_size, "max_num_seqs": args.max_num_seqs}
     machine = machine_info()
     print_block("machine", machine)
     print_block("settings", settings)
-    opened: list = []
-    try:
-        arms, settings["engine_start_s"] = _rollout_arms(args, model, prompt_ids, engines,
-                                                         strategies, opened)
+    with contextlib.ExitStack() as stack:
+        tree = None
+        if args.baseline:
+            tree, settings["baseline_commit"] = stack.enter_context(worktree(args.baseline))
+        host = _host_steps(args, strategies, tree)
+        arms, settings["engine_start_s"] = _arms(spec, tree, stack)
         print(f"engines started in {settings['engine_start_s']} s; timing {len(arms)} arms, "
               f"{args.warmup} warm-up + {args.reps} rounds")
         samples = interleaved(arms, args.reps, args.warmup, progress=print)
-    finally:
-        for engine in opened:
-            if hasattr(engine, "close"):
-                engine.close()
     machine["load_avg_1m_end"] = machine_info().get("load_avg_1m")
     result = {"benchmark": "rollout", "machine": machine, "settings": settings,
               "arms": {k: {"tok_s": summarize(rates(v)).as_dict(),
                            "tok_cpu_s": summarize(rates(v, per="cpu_seconds")).as_dict(),
                            "samples": v}
                        for k, v in samples.items()},
-              "ratios": _rollout_ratios(samples, engines, strategies)}
+              "ratios": _rollout_ratios(samples, engines, strategies, tree is not None),
+              "host_step": host}
     print(f"\nload average (1 min) at start {machine.get('load_avg_1m')}, at end "
           f"{machine['load_avg_1m_end']}\n")
     print(_rollout_tables(result))
     return result
 
 
-def _rollout_arms(args, model, prompt_ids, engines, strategies, opened) -> tuple[list, dict]:
-    """One engine per name (built as the trainer builds it), one arm per (engine, strategy);
-    each engine's strategies are its own objects. Engines are appended to ``opened``."""
-    import torch
+def _host_steps(args, strategies: list[str], base_tree) -> dict:
+    """{"this": [...], "base": [...]}: the decode step's host microseconds per row count
+    (``launch.bench.host_step``), for this tree and the baseline's."""
+    rows = ",".join(r.strip() for r in args.host_rows.split(",") if r.strip())
+    if not rows:
+        return {}
+    from launch.bench import host_step
+    from launch.bench.baseline import run_in_tree
 
-    from launch.config import RolloutConfig
-    from meta import STRATEGIES, build_strategy
-    from rollout.base import RolloutRequest
-    from rollout.vllm_overlay import read_config
-    from rollout.worker import build_engine
+    argv = ["--rows", rows, "--strategies", ",".join(strategies)]
+    out = {"this": host_step.main(argv)}
+    if base_tree is not None:
+        out["base"] = run_in_tree(base_tree, Path(host_step.__file__), *argv)
+    return out
 
-    config = read_config(model)
-    hidden = int((config.get("text_config") or config)["hidden_size"])
 
-    def make_strategy(name):  # same seed: every engine's IntroLLM head starts identical
-        torch.manual_seed(args.seed)
-        if STRATEGIES[name].learns_head:  # --strategies: introllm or fixed
-            return build_strategy(name, hidden_size=hidden)
-        return build_strategy(name, temperature=args.temperature)
+def _arms(spec: dict, base_tree, stack) -> tuple[list, dict]:
+    """This tree's arms (``launch.bench.rollout_arms``, in this process) and, with a baseline
+    tree, the same arms served by a child process over it (names ending in ``@base``); the
+    engines are closed by ``stack``."""
+    from launch.bench import rollout_arms
 
-    def requests_for(strategy):
-        base = strategy.plan(0, args.prompts).tolist()  # (P,) base tau per prompt
-        return [RolloutRequest(ids, g, base[g]) for g, ids in enumerate(prompt_ids)
-                for _ in range(args.group)]
-
-    arms, start = [], {}
-    for engine_name in engines:
-        cfg = RolloutConfig(**ROLLOUT_ENGINES[engine_name], group_size=args.group,
-                            max_new_tokens=args.max_new_tokens,
-                            max_prompt_tokens=args.max_prompt_tokens,
-                            batch_size=args.hf_batch_size, max_num_seqs=args.max_num_seqs)
-        own = {s: make_strategy(s) for s in strategies}
-        t0 = time.perf_counter()
-        engine = build_engine(model, own[strategies[0]], cfg, seed=args.seed)
-        opened.append(engine)
-        start[engine_name] = round(time.perf_counter() - t0, 1)
-        for s in strategies:
-            arms.append(_rollout_arm(f"{engine_name}:{s}", engine, own[s],
-                                     requests_for(own[s]), args.seed))
+    opened: list = []
+    stack.callback(lambda: [e.close() for e in opened if hasattr(e, "close")])
+    local, start = rollout_arms.build_arms(spec, opened)
+    arms = [Arm(name, run, setup) for name, (setup, run) in local.items()]
+    if base_tree is not None:
+        child = stack.enter_context(_ArmsChild(base_tree, spec))
+        start.update({f"{k}@base": v for k, v in child.start.items()})
+        arms += [Arm(f"{name}@base", functools.partial(child.run, name)) for name in child.arms]
     return arms, start
 
 
-def _rollout_arm(name, engine, strategy, requests, seed) -> Arm:
-    """Swap ``strategy`` into ``engine`` (untimed), then time one ``generate`` of ``requests``."""
-    def setup():
-        engine.set_strategy(strategy)
+class _ArmsChild:
+    """``launch.bench.rollout_arms`` served by a child process over another tree."""
 
-    def run(r: int) -> dict:
-        batch = engine.generate(requests, step=0, seed=seed * 1000 + r)
-        out = {"tokens": int(batch.response_mask.sum()),
-               "select_s": batch.stats["select_s"],  # timed where select runs (vLLM: its workers)
-               "mean_len": float(batch.response_mask.sum(-1).float().mean())}
-        if batch.gate is not None:
-            out["mean_tau"] = float(batch.tau[batch.response_mask].mean())
-        return out
+    def __init__(self, tree, spec: dict):
+        from launch.bench import rollout_arms
+        from launch.bench.baseline import child_command
 
-    return Arm(name, run, setup)
+        argv, env = child_command(tree, Path(rollout_arms.__file__))
+        self._mark = rollout_arms.MARK
+        self._proc = subprocess.Popen(argv, cwd=tree, env=env, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        ready = self._call(spec)
+        self.arms, self.start = ready["arms"], ready["engine_start_s"]
+
+    def _call(self, message: dict) -> dict:
+        self._proc.stdin.write(json.dumps(message) + "\n")
+        self._proc.stdin.flush()
+        for line in self._proc.stdout:
+            if line.startswith(self._mark):
+                return json.loads(line[len(self._mark):])
+        raise RuntimeError(f"the baseline's arms process ended (exit {self._proc.wait()})")
+
+    def run(self, arm: str, r: int) -> dict:
+        return self._call({"arm": arm, "round": r})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._proc.stdin.close()
+        self._proc.wait(timeout=120)
 
 
 CLOCKS = {"wall": "seconds", "cpu": "cpu_seconds"}
 """the two time bases every rollout rate and ratio is reported in"""
 
 
-def _rollout_ratios(samples, engines, strategies) -> dict:
-    """{comparison: {clock: compare(...)}} for head / fixed per engine and vllm / hf per
-    strategy."""
+def _rollout_ratios(samples, engines, strategies, baseline: bool = False) -> dict:
+    """{comparison: {clock: compare(...)}} for head / fixed per engine (and per engine under the
+    baseline's code), vllm / hf per strategy, each shape / vllm, and this tree / the baseline per
+    arm."""
     pairs = []
     if {"introllm", "fixed"} <= set(strategies):
         pairs += [(f"{e}: introllm / fixed", f"{e}:introllm", f"{e}:fixed") for e in engines]
+        if baseline:
+            pairs += [(f"{e}: introllm / fixed @base", f"{e}:introllm@base", f"{e}:fixed@base")
+                      for e in engines]
+    if baseline:
+        pairs += [(f"{e}:{s}: this / @base", f"{e}:{s}", f"{e}:{s}@base") for e in engines
+                  for s in strategies]
     if {"vllm", "hf"} <= set(engines):
         pairs += [(f"{s}: vllm / hf", f"vllm:{s}", f"hf:{s}") for s in strategies]
     if "vllm" in engines:  # each vLLM shape against the default one
@@ -223,6 +258,19 @@ def _rollout_tables(result: dict) -> str:
                  f"{fmt_rate(cpu['min'])} - {fmt_rate(cpu['max'])}",
                  f"{sum(x['cpu_seconds'] for x in s) / wall:.2f}", f"{select:.2f}")
     out = [arms.render()]
+    host = result.get("host_step") or {}
+    if host:
+        base = {(h["strategy"], h["rows"]): h for h in host.get("base", [])}
+        table = Table(["strategy", "rows", "host us/step median", "IQR", "us/row",
+                       *(["@base us/step", "@base us/row"] if base else [])],
+                      title="the decode step's per-token-temperature path, host microseconds "
+                            "(hidden size and vocabulary 8: the arithmetic is negligible)")
+        for h in host["this"]:
+            b = base.get((h["strategy"], h["rows"]))
+            table.add(h["strategy"], h["rows"], f"{h['us_median']:.0f}",
+                      f"{h['us_q3'] - h['us_q1']:.0f}", f"{h['us_per_row_median']:.2f}",
+                      *([f"{b['us_median']:.0f}", f"{b['us_per_row_median']:.2f}"] if b else []))
+        out += ["", table.render()]
     if result["ratios"]:
         ratios = Table(["comparison (tok/s)", "clock", "ratio of medians", "paired median",
                         "paired min-max", "note"], title="ratios (paired = per round)")
