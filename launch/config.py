@@ -376,6 +376,11 @@ def _cross_checks(run: RunConfig) -> None:
                  "needs learner.tis_cap: the importance weight between the learner's policy and "
                  "the older one that sampled the batch (null turns it off)",
                  "set learner.tis_cap=2.0, or trainer.off_policy_steps=0")
+    _require(run.rollout.weight_sync != "collective" or not run.cluster.colocate,
+             "rollout.weight_sync", run.rollout.weight_sync,
+             "cannot run with cluster.colocate=true: engine i and learner rank i share a device, "
+             "which NCCL cannot connect (vLLM's CUDA IPC transfer would; it is not wired here)",
+             "set rollout.weight_sync=auto (the object store when colocated)")
     _require(run.rollout.max_prompt_tokens + run.rollout.max_new_tokens <= 32768,
              "rollout.max_prompt_tokens + rollout.max_new_tokens",
              run.rollout.max_prompt_tokens + run.rollout.max_new_tokens, "must be <= 32768",

@@ -72,6 +72,10 @@ class Trainer:
         """learner updates the engines' weights have had (a batch records the version that
         generated it: ``TrajectoryBatch.policy_version``)"""
         self._rollouts: dict[int, Rollout] = {}  # launched, not yet trained on, by step
+        from rollout.config import resolve_weight_sync
+
+        self.weight_sync = resolve_weight_sync(run.rollout, run.cluster.colocate)
+        """collective (vLLM's weight-transfer API, from learner rank 0) | object_store"""
 
     # ------------------------------------------------------------------ setup
 
@@ -104,7 +108,9 @@ class Trainer:
             print(dashboard_line(self.dashboard))
         self._make_actors(learners)
         self._rollout_pids = ray.get([a.ping.remote() for a in self.rollout])
+        self._form_sync_group()
         print(self.placement.describe())
+        print(f"weight sync: {self._sync_description}")
 
     def _make_actors(self, learners: bool = True) -> None:
         import ray
@@ -123,7 +129,8 @@ class Trainer:
         self.rollout = [
             ray.remote(RolloutWorker).options(name=f"rollout-{i}", **place.rollout_options(i),
                                               **restart).remote(
-                self.model_path, self.strategy, run.rollout, run.model.dtype, run.seed, i)
+                self.model_path, self.strategy, run.rollout, run.model.dtype, run.seed, i,
+                self.weight_sync)
             for i in range(run.rollout.num_actors)]
         self.reward = ray.remote(RewardWorker).options(name="reward", num_cpus=1, **restart).remote(
             run.reward.num_workers, run.reward.timeout_s, run.reward.format_weight,
@@ -225,6 +232,7 @@ class Trainer:
         restarted = [i for i, (a, b) in enumerate(zip(self._rollout_pids, pids)) if a != b]
         self._rollout_pids = pids
         if restarted:
+            self._form_sync_group()  # a restarted engine's workers are new processes
             self.sync_weights("full", [self.rollout[i] for i in restarted])
             self.rollout_restarts += len(restarted)
         return restarted
@@ -292,23 +300,44 @@ class Trainer:
         return metrics
 
     def sync_weights(self, which: str, engines: list | None = None) -> list[float]:
-        """Learner weights into the engines (default: all); each engine's seconds. `which`:
-        theta | phi | all, or full = every weight the run trains (theta, plus phi with a head),
-        which also clears a restarted engine's refusal to generate. Every rank is asked (ZeRO-3
-        gathers need them all); rank 0's copy is sent."""
+        """Learner weights into the engines; the sync's seconds (object store: each engine's).
+        `which`: theta | phi | all, or full = every weight the run trains (theta, plus phi with
+        a head), which also clears a restarted engine's refusal to generate.
+
+        collective: every learner rank streams (ZeRO-3: one layer gathered at a time), rank 0
+        broadcasts to every engine of the group at once (``learner.worker.send_weights``);
+        object_store: every rank gathers the full state dict, rank 0's goes through Ray's object
+        store to `engines` (default: all)."""
         import ray
 
+        full = which == "full"
+        if full:
+            which = "theta" if self.run.meta.phi is None else "all"
+        if self.weight_sync == "collective":
+            sent = [lr.send_weights.remote(which, self.weight_version, full)
+                    for lr in self.learners]
+            return ray.get(sent)[:1]
         engines = self.rollout if engines is None else engines
-        weights = self._learner_weights(which)
-        load = "load_all_weights" if which == "full" else "load_weights"
+        weights = [lr.get_weights.remote(which) for lr in self.learners][0]
+        load = "load_all_weights" if full else "load_weights"
         return ray.get([getattr(a, load).remote(weights, self.weight_version) for a in engines])
 
-    def _learner_weights(self, which: str):
-        """Rank 0's weights as an object ref (`which` as for `sync_weights`; full = every weight
-        the run trains). Every rank is asked: ZeRO-3 gathers need them all."""
-        if which == "full":
-            which = "theta" if self.run.meta.phi is None else "all"
-        return [lr.get_weights.remote(which) for lr in self.learners][0]
+    def _form_sync_group(self) -> None:
+        """(Again) the collective weight sync's group: learner rank 0 + every worker of every
+        engine (``rollout.weight_transfer``)."""
+        self._sync_description = "object store (every rank's full state dict; rank 0's to " \
+                                 "every rollout actor)"
+        if self.weight_sync != "collective" or not self.learners:
+            return
+        import ray
+
+        host, port, backend = ray.get(self.learners[0].weight_sync_address.remote())
+        tp = [self.run.rollout.tensor_parallel_size] * len(self.rollout)
+        ray.get([lr.init_weight_sync.remote(backend, host, port, 1 + sum(tp), self.rollout, tp)
+                 for lr in self.learners])
+        workers = f"{sum(tp)} engine worker" + ("s" if sum(tp) > 1 else "")
+        self._sync_description = (f"collective ({backend} group at {host}:{port}: learner rank 0 "
+                                  f"+ {workers}, one layer at a time)")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -425,7 +454,8 @@ class Trainer:
 
         from launch.model_export import write_model_folder
 
-        weights = ray.get(self._learner_weights("full"))
+        which = "theta" if self.run.meta.phi is None else "all"
+        weights = ray.get([lr.get_weights.remote(which) for lr in self.learners][0])
         strategy = copy.deepcopy(self.strategy)
         strategy.load_state_dict(ray.get(self.meta.state_dict.remote())["strategy"])
         return write_model_folder(out, self.model_path, weights, strategy,

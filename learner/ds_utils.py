@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1 (for single-process rendezvous)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host`` (for a rendezvous this process hosts)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

@@ -458,6 +458,75 @@ class LearnerWorker:
             out.update(ds_utils.full_state_dict(self.phi, 0))
         return out
 
+    def weight_sync_address(self) -> tuple[str, int, str]:
+        """(this node's address, a free port, the transfer backend for this rank's device):
+        where and how the collective weight sync's group meets (this rank, 0, hosts it)."""
+        from rollout.weight_transfer import backend_for
+
+        host = "127.0.0.1"
+        try:
+            import ray
+
+            if ray.is_initialized():
+                host = ray.util.get_node_ip_address()
+        except ImportError:
+            pass
+        return host, ds_utils.free_port(host), backend_for(self.device.type == "cuda")
+
+    def init_weight_sync(self, backend: str, host: str, port: int, world_size: int,
+                         actors: list, ranks_per_engine: list[int]) -> None:
+        """Join (rank 0: form, with every engine worker) the group of the collective weight sync
+        (``rollout.weight_transfer``), closing an earlier one; every rank calls it. ``actors``:
+        the rollout actors (Ray handles), ``ranks_per_engine``: their workers each."""
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+        from learner.weight_source import module_source
+        from rollout.weight_transfer import RolloutSyncClient, register, trainer_init_info
+
+        register()
+        self.shutdown_weight_sync()
+        parts = {"theta": (self.theta.module, self.zero_stage == 3)}
+        if self.phi is not None:
+            parts["phi"] = (self.phi.module, False)
+        self._sync_source = module_source(parts)
+        self._sync_client = RolloutSyncClient(actors, list(ranks_per_engine))
+        info = trainer_init_info(backend, self.rank, host, port, world_size)
+        self._sync = WeightTransferTrainerFactory.trainer_init(
+            info, client=self._sync_client, source=self._sync_source)
+
+    def send_weights(self, which: str, version: int | None = None, full: bool = False) -> float:
+        """One collective weight sync of ``which`` (theta | phi | all) to every engine; every rank
+        calls it (ZeRO-3 gathers one layer at a time), rank 0 sends. ``version``/``full`` reach
+        the rollout actors (``RolloutWorker.finish_weight_update``). Returns its seconds."""
+        if getattr(self, "_sync", None) is None:
+            raise RuntimeError("send_weights before init_weight_sync")
+        parts = {"theta": ("theta",), "phi": ("phi",), "all": tuple(self._sync_source.parts)}
+        if which not in parts:
+            raise ValueError(f"which ({which!r}) must be 'theta', 'phi' or 'all'")
+        from rollout.weight_transfer import SyncRound
+
+        self._sync_source.select(parts[which])
+        self._sync_client.round = SyncRound(version, full)
+        t0 = time.perf_counter()
+        try:
+            self._sync.send_weights()
+        except BaseException:
+            self._sync_source.drain()  # finish this round's gathers: no rank waits in one
+            raise
+        return time.perf_counter() - t0
+
+    def shutdown_weight_sync(self) -> None:
+        """Leave the weight-sync group (rank 0 also asks the engines to leave it)."""
+        sync, self._sync = getattr(self, "_sync", None), None
+        if sync is None:
+            return
+        if sync.is_sender:
+            try:
+                self._sync_client.shutdown_weight_transfer_engine()
+            except Exception:  # noqa: BLE001 - an engine that died has left already
+                pass
+        sync.shutdown()
+
     def state_dict(self) -> dict:
         """Everything to resume: theta, phi, both optimizers (this rank's ZeRO shard), the
         schedules' positions and the RNG states. Deep copies on CPU."""

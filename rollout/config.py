@@ -34,6 +34,14 @@ class RolloutConfig:
     faster there) | inproc (in the rollout actor) | process (its own process)"""
     tensor_parallel_size: int = 1
     """vllm: ranks per engine (one worker process each when > 1)"""
+    weight_sync: str = "auto"
+    """how learner weights reach the engines: collective (vLLM's weight-transfer API: learner rank
+    0 broadcasts one layer at a time to every engine worker; NCCL on GPU, gloo on CPU; only names,
+    dtypes and shapes go by RPC) | object_store (the learner's full state dict through Ray's
+    object store to every rollout actor) | auto (collective with rollout.engine=vllm: it moves
+    each weight once and holds one layer at a time, where the object store copies the whole model
+    ~10 times; object_store with the transformers engine, which has no weight-transfer API, and
+    with cluster.colocate, where an engine and a learner rank share a GPU that NCCL cannot span)"""
     top_p: float = 1.0
     """must stay 1.0: vLLM's log-probs must be those of softmax(z / tau) (see README)"""
     top_k: int = -1
@@ -47,6 +55,12 @@ class RolloutConfig:
         _require(self.engine_core in ("auto", "inproc", "process"), "rollout.engine_core",
                  self.engine_core, "must be auto, inproc or process",
                  "set rollout.engine_core=auto")
+        _require(self.weight_sync in ("auto", "collective", "object_store"), "rollout.weight_sync",
+                 self.weight_sync, "must be auto, collective or object_store",
+                 "set rollout.weight_sync=auto")
+        _require(self.weight_sync != "collective" or self.engine == "vllm", "rollout.weight_sync",
+                 self.weight_sync, "needs rollout.engine=vllm (the transformers engine has no "
+                 "weight-transfer API)", "set rollout.weight_sync=object_store (or auto)")
         for key in ("num_actors", "group_size", "max_new_tokens", "max_prompt_tokens",
                     "batch_size", "kv_cache_gb", "max_num_seqs", "tensor_parallel_size"):
             value = getattr(self, key)
@@ -60,3 +74,11 @@ class RolloutConfig:
                  "must be 1.0/-1: truncated sampling would make the recorded log-probs differ from "
                  "log_softmax(z/tau), breaking the per-token temperature invariant",
                  "remove the override (control exploration with meta=... instead)")
+
+
+def resolve_weight_sync(cfg: RolloutConfig, colocate: bool = False) -> str:
+    """``rollout.weight_sync`` with ``auto`` decided: collective for the vLLM engine unless its
+    devices are shared with the learners (``cluster.colocate``), else object_store."""
+    if cfg.weight_sync != "auto":
+        return cfg.weight_sync
+    return "collective" if cfg.engine == "vllm" and not colocate else "object_store"

@@ -49,6 +49,8 @@ from rollout.vllm_payload import pack_state, unpack, unpack_state
 log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "rollout.vllm_worker.TempoWorkerExtension"
+_EMBEDDING = "model.embed_tokens."
+"""a sync that includes the embedding re-packs a tied LM head (``tempo_finish_weight_update``)"""
 _LAYER = re.compile(r"^(.*?\.\d+)\.")  # "model.layers.3.mlp.up_proj.weight" -> "model.layers.3"
 
 
@@ -60,10 +62,13 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.5, max_num_seqs: int = 256,
                  enforce_eager: bool = True, seed: int = 0, head_dir: str | None = None,
                  runner: str = "auto", engine_core: str = "inproc", tensor_parallel_size: int = 1,
-                 **engine_kwargs):
+                 weight_transfer: str | None = None, **engine_kwargs):
         """``runner``: vLLM's model runner, ``auto`` (vLLM's own choice) | ``v1`` | ``v2``;
         ``engine_core``: ``inproc`` (in this process) | ``process`` (its own, vLLM's default);
         ``tensor_parallel_size``: ranks, one worker process each when > 1.
+        ``weight_transfer``: the backend of vLLM's weight-transfer API the engine's workers join
+        a trainer's group with (``rollout.weight_transfer``: nccl, or the gloo twin on CPU);
+        None: weights come by ``load_weights`` only.
         ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``max_num_batched_tokens``,
         ``num_gpu_blocks_override``, ``block_size``).
         ``head_dir``: where the overlay folder lives (kept, and its head reused, across runs);
@@ -94,6 +99,11 @@ class VLLMEngine:
                           worker_extension_cls=WORKER_EXTENSION, **engine_kwargs)
         if tensor_parallel_size > 1:
             llm_kwargs.setdefault("distributed_executor_backend", "mp")
+        if weight_transfer is not None:
+            from rollout.weight_transfer import register
+
+            register()  # in this process; spawned workers register through rollout.vllm_plugin
+            llm_kwargs["weight_transfer_config"] = {"backend": weight_transfer}
         if engine_kwargs.get("enable_batch_sharded_sampling"):
             raise ValueError("enable_batch_sharded_sampling=True makes vLLM's runner V2 compute "
                              "logits through compute_logits_local, bypassing the per-token "
@@ -206,13 +216,43 @@ class VLLMEngine:
         Returns the seconds the sync took.
         """
         t0 = time.perf_counter()
-        sd = self._check_state_dict(state_dict)
+        sd = {k: state_dict[k].detach() for k in self._check_names(state_dict)}
         self._rpc_all("tempo_load_weights", pack_state(sd) if self._remote else sd,
                       len(sd) < len(self._keys))
         self.llm.reset_prefix_cache()
         elapsed = time.perf_counter() - t0
         log.debug("weight sync of %d tensors in %.3fs", len(sd), elapsed)
         return elapsed
+
+    # ------------------------------------------------------------------ collective weight sync
+    # vLLM's weight-transfer protocol on every worker (rollout.weight_transfer): the trainer's
+    # rank 0 drives these through the rollout actor while it broadcasts the bytes
+
+    def init_weight_transfer(self, init_info: dict) -> None:
+        """Join the trainer's weight-transfer group (this engine's workers at ``rank_offset``)."""
+        self._rpc_all("init_weight_transfer_engine", init_info)
+
+    def start_weight_update(self) -> None:
+        self._sync_t0 = time.perf_counter()
+        self._rpc_all("start_weight_update")
+
+    def update_weights(self, update_info: dict) -> None:
+        """Receive the weights ``update_info`` names (names, dtype names, shapes: checked as
+        ``load_weights`` checks a state dict) by the group's broadcast."""
+        names = self._check_names(update_info["names"])
+        self._sync_partial = len(names) < len(self._keys)
+        self._sync_embedding = any(n.startswith(_EMBEDDING) for n in names)
+        self._rpc_all("update_weights", update_info)
+
+    def finish_weight_update(self) -> float:
+        """End the update (vLLM's layerwise reload); the seconds since ``start_weight_update``."""
+        self._rpc_all("tempo_finish_weight_update", self._sync_partial, self._sync_embedding)
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - self._sync_t0
+
+    def shutdown_weight_transfer(self) -> None:
+        """Leave the weight-transfer group."""
+        self._rpc_all("shutdown_weight_transfer_engine")
 
     def head_state_dict(self) -> dict[str, Tensor]:
         """The temperature head the engine samples with (TemperatureHead names, fp32 copies)."""
@@ -372,26 +412,26 @@ class VLLMEngine:
             finish_reason=comp.finish_reason, text=text, gate=gate if head else None,
             z=z if head else None, logp_phi=logp_phi if head else None)
 
-    def _check_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The tensors to send; rejects unknown names and partly-sent modules."""
-        sd = {k: v.detach() for k, v in state_dict.items()}
-        if "lm_head.weight" not in self._keys and "model.embed_tokens.weight" in sd:
-            # tied embeddings: the same tensor, sent as the embedding
-            sd.pop("lm_head.weight", None)
-        unknown = sorted(k for k in sd if k not in self._keys)
+    def _check_names(self, names) -> list[str]:
+        """The weight names to send (a tied LM head's dropped: it is the embedding, sent as
+        that); rejects unknown names and partly-sent modules."""
+        names = list(names)
+        if "lm_head.weight" not in self._keys and "model.embed_tokens.weight" in names:
+            names = [n for n in names if n != "lm_head.weight"]
+        unknown = sorted(n for n in names if n not in self._keys)
         if unknown:
             raise KeyError(f"weights not in the model: {unknown[:5]} (of {len(unknown)}); expected "
                            f"Hugging Face names such as {sorted(self._keys)[:3]} or "
                            f"{HEAD_PREFIX}fc1.weight")
-        partial = sorted(m for m in {_module_of(k) for k in sd}
-                         if not self._modules[m] <= sd.keys())
+        sent = set(names)
+        partial = sorted(m for m in {_module_of(n) for n in names} if not self._modules[m] <= sent)
         if partial:
-            raise ValueError(f"load_weights got part of module(s) {partial[:5]}: send every "
+            raise ValueError(f"weights sent for part of module(s) {partial[:5]}: send every "
                              f"parameter of a module (vLLM reloads per layer and would corrupt the "
                              f"unsent ones), or the full state dict")
-        if not sd:
-            raise ValueError("load_weights got an empty state dict")
-        return sd
+        if not names:
+            raise ValueError("a weight sync got no weights")
+        return names
 
 
 def _checked_records(records: Tensor, ids: list[list[int]], keys: list[str]) -> list[Tensor]:

@@ -3,8 +3,9 @@
 
 vLLM calls ``register()`` in every process it starts (the engine core, each tensor-parallel
 worker), before it resolves the model class. A process that was *spawned* has none of its
-parent's registrations, so the Tempo model classes (``rollout.vllm_model``) are registered here,
-for the architectures the parent engine names in ``$TEMPO_VLLM_ARCHS`` (comma-separated checkpoint
+parent's registrations, so the Tempo model classes (``rollout.vllm_model``) and the gloo
+weight-transfer engine (``rollout.weight_transfer``) are registered here, the classes for the
+architectures the parent engine names in ``$TEMPO_VLLM_ARCHS`` (comma-separated checkpoint
 architectures, e.g. ``Qwen2ForCausalLM``; ``VLLMEngine`` sets it). Without that variable the plugin
 does nothing, so installing the project changes no other vLLM user's process.
 """
@@ -21,9 +22,11 @@ def register() -> None:
     if not archs:
         return
     from rollout.vllm_model import register_architecture
+    from rollout.weight_transfer import register as register_weight_transfer
 
     for arch in archs:
         register_architecture(arch)
+    register_weight_transfer()  # the gloo weight-transfer engine (rollout.weight_transfer)
 
 
 def announce(arch: str) -> None:

@@ -81,6 +81,16 @@ class TempoWorkerExtension:
             self.reload_weights(weights_iterator=iter(items))
         return any(k.startswith(_TIED) for k, _ in items) and self._refresh_tied_lm_head()
 
+    def tempo_finish_weight_update(self, partial: bool, embedding: bool) -> None:
+        """vLLM's ``finish_weight_update`` (the layerwise reload's end) with what
+        ``tempo_load_weights`` does around its reload: the warnings of a partial sync quieted (of
+        a full one, those of layers that hold no checkpoint tensors), and a tied LM head re-packed
+        when the embedding came (``_refresh_tied_lm_head``)."""
+        with _quiet(*_RELOAD_LOGGERS) if partial else _drop_restored(self._tempo_model()):
+            self.finish_weight_update()
+        if embedding:
+            self._refresh_tied_lm_head()
+
     def _refresh_tied_lm_head(self) -> bool:
         """Re-pack a tied LM head after its embedding may have been reloaded; True if tied.
 

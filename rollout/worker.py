@@ -19,11 +19,13 @@ from meta.base import TemperatureStrategy
 from rollout.base import RolloutRequest
 from rollout.config import RolloutConfig
 from rollout.trajectory import TrajectoryBatch
+from rollout.weight_transfer import backend_for
 
 
 def build_engine(model_path: str, strategy: TemperatureStrategy, cfg: RolloutConfig,
-                 dtype: str = "float32", seed: int = 0):
-    """The configured engine over ``model_path`` driving ``strategy``."""
+                 dtype: str = "float32", seed: int = 0, weight_sync: str = "object_store"):
+    """The configured engine over ``model_path`` driving ``strategy``; ``weight_sync``
+    (``rollout.config.resolve_weight_sync``): collective joins vLLM's weight-transfer API."""
     if cfg.engine == "hf":
         from rollout.hf_engine import HFEngine
 
@@ -39,7 +41,8 @@ def build_engine(model_path: str, strategy: TemperatureStrategy, cfg: RolloutCon
                       max_num_seqs=cfg.max_num_seqs, seed=seed,
                       enforce_eager=not gpu if cfg.enforce_eager is None else cfg.enforce_eager,
                       runner=cfg.vllm_runner, tensor_parallel_size=cfg.tensor_parallel_size,
-                      engine_core=resolve_engine_core(cfg.engine_core, gpu))
+                      engine_core=resolve_engine_core(cfg.engine_core, gpu),
+                      weight_transfer=backend_for(gpu) if weight_sync == "collective" else None)
 
 
 def resolve_engine_core(engine_core: str, gpu: bool) -> str:
@@ -52,14 +55,16 @@ def resolve_engine_core(engine_core: str, gpu: bool) -> str:
 
 class RolloutWorker:
     def __init__(self, model_path: str, strategy: TemperatureStrategy, cfg: RolloutConfig,
-                 dtype: str = "float32", seed: int = 0, worker_index: int = 0):
+                 dtype: str = "float32", seed: int = 0, worker_index: int = 0,
+                 weight_sync: str = "object_store"):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         self.worker_index = worker_index
         self.seed = seed
         random.seed(seed + worker_index)
         torch.manual_seed(seed + worker_index)
-        self.engine = build_engine(model_path, strategy, cfg, dtype, seed + worker_index)
+        self.engine = build_engine(model_path, strategy, cfg, dtype, seed + worker_index,
+                                   weight_sync)
         self.weight_version = 0
         """learner updates the engine's weights have had (0 = the model folder's); set by the
         trainer with each weight sync, stamped on every batch (TrajectoryBatch.policy_version)"""
@@ -100,6 +105,36 @@ class RolloutWorker:
         seconds = self.load_weights(state_dict, version)
         self.stale = False
         return seconds
+
+    # vLLM's weight-transfer protocol (rollout.weight_transfer.RolloutSyncClient calls these from
+    # the learner's rank 0, all rollout actors at once, while it broadcasts the bytes)
+
+    def init_weight_transfer(self, init_info: dict) -> None:
+        with self._engine_call():
+            self.engine.init_weight_transfer(init_info)
+
+    def start_weight_update(self) -> None:
+        with self._engine_call():
+            self.engine.start_weight_update()
+
+    def update_weights(self, update_info: dict) -> None:
+        with self._engine_call():
+            self.engine.update_weights(update_info)
+
+    def finish_weight_update(self, version: int | None = None, full: bool = False) -> float:
+        """End a collective sync: the weights of learner update ``version``; ``full`` (every
+        weight the run trains) clears a restarted actor's refusal to generate. Returns the
+        engine's seconds for the whole update."""
+        with self._engine_call():
+            seconds = self.engine.finish_weight_update()
+        if version is not None:
+            self.weight_version = int(version)
+        self.stale = self.stale and not full
+        return seconds
+
+    def shutdown_weight_transfer(self) -> None:
+        with self._engine_call():
+            self.engine.shutdown_weight_transfer()
 
     def set_temperature_mode(self, mode: str) -> None:
         """Evaluation option: 'sample' (draw) or 'mean' (the mean action), for a strategy with

@@ -103,7 +103,7 @@ def test_help_lists_every_benchmark_and_each_has_its_own(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: python -m launch.bench")
-    names = ("rollout", "learner", "trl", "pipeline", "gpu")
+    names = ("rollout", "learner", "trl", "pipeline", "sync", "gpu")
     assert len(SUBCOMMANDS) == len(names) and all(name in text for name in names)
     for name in names:
         with pytest.raises(SystemExit):
@@ -263,3 +263,18 @@ def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(capsys):
 def test_gpu_benchmark_refuses_real_sizes_without_a_gpu():
     with pytest.raises(SystemExit, match="--tiny"):
         main(["gpu", "--sizes", "0.5b"])
+
+
+@pytest.mark.slow  # Ray, 2 DeepSpeed ranks, vLLM with its engine core and 2 TP workers
+def test_sync_benchmark_moves_no_weight_through_the_object_store_on_the_collective_path(tmp_path,
+                                                                                         capsys):
+    out = tmp_path / "sync.json"
+    result = main(["sync", "--sizes", "tiny", "--reps", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    tiny = result["sizes"]["tiny"]
+    assert set(tiny["syncs"]) == {"collective", "object_store"}
+    collective, store = tiny["syncs"]["collective"][0], tiny["syncs"]["object_store"][0]
+    assert collective["object_store_bytes"] == 0  # Ray's own counter did not move
+    assert store["object_store_bytes"] >= 2 * tiny["model_bytes"]  # both ranks' state dicts
+    assert collective["seconds"] > 0 and collective["memory_samples"] >= 2
+    assert "one theta sync" in text and json.loads(out.read_text())["benchmark"] == "sync"

@@ -43,7 +43,7 @@ LIBRARY_CLIS = {
 
 BENCH_MAIN = "launch.bench.__main__"
 BENCH_PARTS = {"launch.bench.rollout", "launch.bench.learner", "launch.bench.trl",
-               "launch.bench.pipeline", "launch.bench.gpu"}
+               "launch.bench.pipeline", "launch.bench.sync", "launch.bench.gpu"}
 """Subcommands of ``python -m launch.bench``: imported by its ``__main__`` alone (the shared
 helpers are ``BENCH_HELPERS``)."""
 BENCH_HELPERS = {

@@ -1,7 +1,8 @@
 """Scale work must not change learning: a seeded smoke run's per-step numbers are pinned.
 
 One run through the real entry point, in the shape the scale work touches: vLLM engine, two
-learner ranks under ZeRO-3, IntroLLM (phi and theta phases, so both weight syncs), on a tiny
+learner ranks under ZeRO-3, IntroLLM (phi and theta phases, so both weight syncs, through the
+default collective path), on a tiny
 model trained just enough to write ``\\boxed{}`` answers, with the format reward on so that
 groups disagree and every step updates. Every logged number that is not a wall-clock time
 (rewards, lengths, tau statistics, losses, gradient norms, log-prob differences, the held-out
@@ -64,7 +65,8 @@ def differences(want: dict, got: dict) -> list[str]:
 
 
 def test_a_seeded_run_repeats_the_pinned_numbers_bit_for_bit(tmp_path, pin_model_dir):
-    _, rows = run_smoke(tmp_path, pin_model_dir, *RUN)
+    proc, rows = run_smoke(tmp_path, pin_model_dir, *RUN)
+    assert "weight sync: collective (tempo_gloo" in proc.stdout  # vLLM's weight-transfer API
     got = pinned_rows(rows)
     assert [int(s) for s in got] == [0, 1, 2, 3, 4]
     assert all(got[s]["critic/score/mean"] > 0 for s in "1234")  # rewards vary: real updates

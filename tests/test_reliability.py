@@ -240,11 +240,11 @@ def test_a_dead_learner_rank_stops_the_run_by_name_and_it_resumes(tmp_path, tiny
 def test_killed_rollout_and_reward_actors_restart_and_no_step_is_lost(tmp_path, tiny_model_dir):
     """One step off-policy (a generation is in flight during every update), the rollout actor
     is killed after step 2 (it comes back with the model folder's weights and must be resynced
-    before it generates: the rollouts it held are generated again), the reward actor after
-    step 5."""
+    before it generates: the weight-sync group is formed again with its new engine, and the
+    rollouts it held are generated again), the reward actor after step 5."""
     run_dir = tmp_path / "run"
     proc = launch(run_dir, tiny_model_dir, "trainer.total_steps=8", "meta=fixed",
-                  "trainer.off_policy_steps=1")
+                  "trainer.off_policy_steps=1", rollout="vllm")
     wait_for(run_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
     kill_actor(proc, "RolloutWorker")
     wait_for(run_dir / "checkpoints" / "step_000005" / "COMPLETE", proc)

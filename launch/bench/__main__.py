@@ -5,6 +5,7 @@ and a results table, and writes everything as JSON with ``--out FILE``.
     python -m launch.bench learner                         # theta vs phi step, TAMPO l_k share
     python -m launch.bench trl                             # s/step: this system vs TRL GRPOTrainer
     python -m launch.bench pipeline                        # s/step: synchronous vs 1 off-policy
+    python -m launch.bench sync                            # weight sync: collective vs object store
     python -m launch.bench gpu --out results/gpu.json      # GPU sizes: MFU, head, bf16, l_k
     python -m launch.bench rollout --engines hf --reps 3 --prompts 16 --out bench.json
 
@@ -21,10 +22,11 @@ from launch.bench.harness import write_json
 from launch.bench.learner import add_learner_parser
 from launch.bench.pipeline import add_pipeline_parser
 from launch.bench.rollout import add_rollout_parser
+from launch.bench.sync import add_sync_parser
 from launch.bench.trl import add_trl_parser
 
 SUBCOMMANDS = (add_rollout_parser, add_learner_parser, add_trl_parser, add_pipeline_parser,
-               add_gpu_parser)
+               add_sync_parser, add_gpu_parser)
 """One ``add_<name>_parser(sub)`` per benchmark, in the order ``--help`` lists them."""
 
 
