@@ -132,6 +132,8 @@ def entropy_pairs(run_dir: Path, max_responses: int = SCATTER_RESPONSES):
     weights, _ = checkpoint_weights(run_dir / "checkpoints" / f"step_{step:06d}")
     theta = {k: v for k, v in weights.items() if not k.startswith("temperature_head.")}
     missing, _ = model.load_state_dict(theta, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())  # the embedding, sent as such
+    missing = [k for k in missing if k not in tied]
     if missing:
         return None, (f"checkpoint step_{step:06d} lacks {len(missing)} model weights "
                       f"({missing[0]}, ...)")

@@ -3,8 +3,12 @@ resume, and whether it fits this config.
 
 A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN`` (NNNNNN = steps completed)::
 
-    learner_rank{r}/   one per learner rank (``learner.checkpoint``: safetensors weights,
-                       optimizer and RNG states that load with torch.load(weights_only=True))
+    model/             theta (and the head) once, as a Hugging Face folder (safetensors shards
+                       written by the learner ranks in parallel, layer group by layer group, with
+                       the run's config and tokenizer files: ``model.path`` can point at it)
+    learner_rank{r}/   one per learner rank: its optimizer shard (under ZeRO-3 its fp32 master
+                       weights), RNG states and schedule positions (``learner.checkpoint``; they
+                       load with torch.load(weights_only=True))
     driver.pt          the meta actor's state, the prompt sampler's position, the step, the
                        driver's RNG, the wandb run id, the strategy's spec and the model folder
                        the run trained from: tensors and plain data only
@@ -12,12 +16,13 @@ A checkpoint is a folder ``<run>/checkpoints/step_NNNNNN`` (NNNNNN = steps compl
     COMPLETE           {"step": N, "files": {path: {"bytes": n, "sha256": hex}}} for every other
                        file, written last
 
-``stage`` gives a temporary folder (``.tmp_step_NNNNNN``), the learners and ``write_driver``
-fill it, and ``commit`` writes ``COMPLETE`` and renames it into place, so a folder named
-``step_*`` with ``COMPLETE`` was whole when written (a crash mid-write leaves only a ``.tmp_*``
-folder behind, ignored). ``verify`` re-checks every file against ``COMPLETE``: a truncated,
-missing or altered file is named; ``trainer.resume=auto`` then falls back to the previous
-checkpoint that verifies, with a warning.
+``stage`` gives a temporary folder (``.tmp_step_NNNNNN``), the learners (all ranks at once, each
+hashing the files it writes) and ``write_driver`` fill it, and ``commit`` writes ``COMPLETE``
+and renames it into place, so a folder named ``step_*`` with ``COMPLETE`` was whole when written
+(a crash mid-write leaves only a ``.tmp_*`` folder behind, ignored). ``verify`` re-checks every
+file against ``COMPLETE`` (hashing files in parallel): a truncated, missing or altered file is
+named; ``trainer.resume=auto`` then falls back to the previous checkpoint that verifies, with a
+warning.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from launch.config import ConfigError, RunConfig
-from learner.checkpoint import read_weights, safe_load
+from learner.checkpoint import MODEL, file_entry, read_weights, safe_load
+from learner.checkpoint import rank_dir as rank_dir  # the step folder's rank folders
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,9 @@ class CheckpointError(ConfigError):
     """A checkpoint folder that does not match its COMPLETE manifest (or has none)."""
 
 
-def rank_dir(ckpt: Path, rank: int) -> Path:
-    """The folder of learner rank `rank` inside a checkpoint."""
-    return Path(ckpt) / f"learner_rank{rank}"
+def model_dir(ckpt: Path) -> Path:
+    """The checkpoint's theta (and head) as a Hugging Face folder."""
+    return Path(ckpt) / MODEL
 
 
 def stage(run_dir: Path, steps_done: int) -> Path:
@@ -68,15 +75,18 @@ def write_driver(tmp: Path, state: dict, config: dict) -> None:
     (Path(tmp) / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
 
 
-def _sha256(path: Path, sync: bool = False) -> str:
-    """The file's SHA-256; `sync`: also flush it to the disk (before COMPLETE names it)."""
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
-            h.update(chunk)
-        if sync:
-            os.fsync(f.fileno())
+            h.update(chunk)  # hashlib releases the GIL: files hash in parallel in threads
     return h.hexdigest()
+
+
+def _parallel(fn, items: list) -> list:
+    """``fn`` over ``items`` in threads (hashing is I/O and C code: it runs in parallel)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _sync_dir(path: Path) -> None:
@@ -91,19 +101,26 @@ def _steps_of(path: Path) -> int:
     return int(path.name.rsplit("_", 1)[-1])
 
 
-def _manifest(folder: Path) -> dict[str, dict]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
-    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size,
-                                                "sha256": _sha256(p, sync=True)}
-            for p in files}
+def _manifest(folder: Path, written: dict[str, dict]) -> dict[str, dict]:
+    """Every file's entry: those the learners hashed as they wrote them (``written``: path ->
+    entry), the rest (the driver's) hashed here."""
+    known = {Path(p).resolve().relative_to(folder.resolve()).as_posix(): e
+             for p, e in written.items()}
+    rest = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER
+                  and p.relative_to(folder).as_posix() not in known)
+    known.update(zip((p.relative_to(folder).as_posix() for p in rest),
+                     _parallel(file_entry, rest)))
+    return dict(sorted(known.items()))
 
 
-def commit(tmp: Path, keep_last: int) -> Path:
-    """Write COMPLETE (every file's size and checksum), rename `tmp` into place and keep the last
-    `keep_last` checkpoints; returns the final folder."""
+def commit(tmp: Path, keep_last: int, written: dict[str, dict] | None = None) -> Path:
+    """Write COMPLETE (every file's size and checksum; ``written``: entries the learners
+    computed as they wrote), rename `tmp` into place and keep the last `keep_last` checkpoints;
+    returns the final folder."""
     tmp = Path(tmp)
     steps = int(tmp.name.removeprefix(".tmp_step_"))
-    (tmp / MARKER).write_text(json.dumps({"step": steps, "files": _manifest(tmp)}, indent=1))
+    manifest = _manifest(tmp, written or {})
+    (tmp / MARKER).write_text(json.dumps({"step": steps, "files": manifest}, indent=1))
     for d in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:
         _sync_dir(d)
     final = tmp.with_name(f"step_{steps:06d}")
@@ -147,11 +164,14 @@ def set_aside_newer(run_dir: Path, ckpt: Path) -> list[Path]:
 
 
 def verify(ckpt: Path) -> None:
-    """CheckpointError naming the first file that is missing, truncated or altered."""
+    """CheckpointError naming the first file that is missing, truncated or altered (the files
+    are hashed in parallel)."""
     ckpt = Path(ckpt)
-    if (rank_dir(ckpt, 0) / "learner_rank0.pt").exists():
-        raise CheckpointError(f"{ckpt} is a format-1 checkpoint (pickled learner_rank0.pt), "
-                              f"written by an older version; resume it with that version")
+    for old, what in (("learner_rank0/learner_rank0.pt", "format-1 (pickled learner_rank0.pt)"),
+                      ("learner_rank0/theta.safetensors", "format-2 (every rank's full theta)")):
+        if (ckpt / old).exists():
+            raise CheckpointError(f"{ckpt} is a {what} checkpoint, written by an older version; "
+                                  f"resume it with that version")
     try:
         files = json.loads((ckpt / MARKER).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -164,8 +184,10 @@ def verify(ckpt: Path) -> None:
         if size != want["bytes"]:
             raise CheckpointError(f"{path} has {size} bytes, {want['bytes']} when written "
                                   f"(truncated or replaced)")
-        if _sha256(path) != want["sha256"]:
-            raise CheckpointError(f"{path} differs from the file written (checksum)")
+    names = list(files)
+    for rel, digest in zip(names, _parallel(lambda r: _sha256(ckpt / r), names)):
+        if digest != files[rel]["sha256"]:
+            raise CheckpointError(f"{ckpt / rel} differs from the file written (checksum)")
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -237,7 +259,7 @@ def load_driver_state(ckpt: Path) -> dict:
 
 def checkpoint_weights(ckpt: Path) -> tuple[dict, dict | None]:
     """(theta and phi weights as the engines load them, the meta actor's state) of a checkpoint."""
-    return read_weights(rank_dir(ckpt, 0)), load_driver_state(ckpt).get("meta")
+    return read_weights(model_dir(ckpt)), load_driver_state(ckpt).get("meta")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -260,9 +282,15 @@ def check_compatible(saved_config: dict, run: RunConfig, ckpt: Path) -> None:
     diff = [k for k in keys if now.get(k) != then.get(k)]
     if diff:
         shown = "; ".join(f"{k}: checkpoint {then.get(k)!r}, now {now.get(k)!r}" for k in diff[:4])
+        sharding = {"learner.num_ranks", "learner.zero_stage"} & set(diff)
+        weights = (f", or start a new run from its weights (model.path={model_dir(ckpt)}; the "
+                   f"optimizer state starts afresh): its optimizer state is sharded over "
+                   f"{then.get('learner.num_ranks')} ranks at ZeRO stage "
+                   f"{then.get('learner.zero_stage')}") if sharding else ""
         raise ConfigError(f"trainer.resume ({ckpt}) was written by a run with other settings "
                           f"({shown}{'; ...' if len(diff) > 4 else ''}); resume with the settings "
-                          "it was written with, or start a new run folder (trainer.resume=null)")
+                          f"it was written with, or start a new run folder (trainer.resume=null)"
+                          f"{weights}")
 
 
 def truncate_metrics(path: Path, last_step: int) -> int:

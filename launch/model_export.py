@@ -1,6 +1,6 @@
 """A trained model as a Hugging Face folder, with its temperature policy beside it.
 
-``write_model_folder`` turns a checkpoint into::
+``write_model_folder`` (the learners write the weights, or a checkpoint's are copied) gives::
 
     config.json, generation_config.json, model*.safetensors, tokenizer files
                                     theta, as transformers writes it: AutoModelForCausalLM
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from rollout.vllm_overlay import HEAD_FILE, HEAD_PREFIX, save_head
+from rollout.vllm_overlay import HEAD_FILE, HEAD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -64,43 +64,84 @@ def policy_record(strategy, steps: int, checkpoint: str | None) -> dict:
             "trained_steps": steps, "checkpoint": checkpoint}
 
 
-def write_model_folder(out: Path, base_model: Path, weights: dict[str, torch.Tensor], strategy,
-                       steps: int, checkpoint: str | None = None) -> Path:
-    """Write theta (`weights`' non-head entries, HF names) with `base_model`'s config and
-    tokenizer, the head (its ``temperature_head.*`` entries) and the policy file into `out`:
-    into a temporary sibling folder first, renamed when whole. `strategy` holds the learned state
-    (a head strategy's head is taken from `weights`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json", POLICY_FILE)
+"""what a model folder holds beside its config and tokenizer files"""
+
+
+def copy_model_files(base_model: Path, out: Path, dtype: str | None = None) -> None:
+    """``base_model``'s config, generation config and tokenizer files into ``out`` (every file
+    but weights and policy), so that ``out``'s weights load as a Hugging Face folder; ``dtype``:
+    the weights' dtype, written into config.json (the base's may differ)."""
+    base, out = Path(base_model), Path(out)
+    skip = {p for pattern in WEIGHT_FILES for p in base.glob(pattern)}
+    for f in base.iterdir():
+        if f.is_file() and f not in skip:
+            shutil.copyfile(f, out / f.name)
+    if dtype is not None:
+        config = json.loads((out / "config.json").read_text())
+        config.pop("torch_dtype", None)
+        config["dtype"] = dtype
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def weights_dtype(folder: Path) -> str:
+    """The dtype of a floating tensor of the folder's theta (its first safetensors shard)."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(folder).glob("model*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            for k in sf.keys():
+                t = sf.get_slice(k)
+                name = t.get_dtype()
+                if name.startswith(("F", "BF")):
+                    return {"F32": "float32", "BF16": "bfloat16", "F16": "float16",
+                            "F64": "float64"}[name]
+    raise ValueError(f"{folder} holds no floating-point theta tensor")
+
+
+def write_model_folder(out: Path, base_model: Path, write_weights, strategy, steps: int,
+                       checkpoint: str | None = None) -> Path:
+    """An exported model folder: ``write_weights(folder)`` puts theta (Hugging Face
+    safetensors, sharded with an index) and, for a head strategy, its head
+    (``temperature_head.safetensors``) into it; then `base_model`'s config and tokenizer, and the
+    policy file. Written into a temporary sibling folder first, renamed when whole. `strategy`
+    holds the learned state (a head strategy's head is read from the folder)."""
+    from safetensors.torch import load_file
 
     out = Path(out)
     check_out(out, [Path(base_model)] + ([Path(checkpoint)] if checkpoint else []))
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    theta = {k: v for k, v in weights.items() if not k.startswith(HEAD_PREFIX)}
-    head = {k[len(HEAD_PREFIX):]: v for k, v in weights.items() if k.startswith(HEAD_PREFIX)}
-    dtype = next(v.dtype for v in theta.values() if v.is_floating_point())
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
-    missing, unexpected = model.load_state_dict(theta, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or ())
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise ValueError(f"the checkpoint's weights do not fit {base_model}: missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]}; export with the base model "
-                         f"the run trained (--base)")
-    model.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_model).save_pretrained(tmp)
+    tmp.mkdir(parents=True)
+    write_weights(tmp)
+    check_fits(tmp, base_model)
+    copy_model_files(base_model, tmp, weights_dtype(tmp))
     if strategy.learns_head:
-        if not head:
-            raise ValueError(f"strategy {strategy.name} learns a head but the checkpoint has no "
-                             f"{HEAD_PREFIX}* weights")
-        strategy.load_state_dict(head)
-        save_head(tmp, head)
+        if not (tmp / HEAD_FILE).is_file():
+            raise ValueError(f"strategy {strategy.name} learns a head but the weights have no "
+                             f"{HEAD_PREFIX}* tensors")
+        strategy.load_state_dict({k[len(HEAD_PREFIX):]: v
+                                  for k, v in load_file(str(tmp / HEAD_FILE)).items()})
     record = policy_record(strategy, steps, checkpoint)
     (tmp / POLICY_FILE).write_text(json.dumps(record, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def check_fits(folder: Path, base_model: Path) -> None:
+    """The folder's theta names are the base model's (a tied LM head may be left out)."""
+    from rollout.vllm_overlay import checkpoint_keys
+
+    have = {k for k in checkpoint_keys(folder) if not k.startswith(HEAD_PREFIX)}
+    want = {k for k in checkpoint_keys(base_model) if not k.startswith(HEAD_PREFIX)}
+    missing = sorted(want - have - {"lm_head.weight"})
+    unexpected = sorted(have - want - {"lm_head.weight"})
+    if missing or unexpected:
+        raise ValueError(f"the weights do not fit {base_model}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}; export with the base model the run "
+                         f"trained (--base)")
 
 
 def check_out(out: Path, keep: list[Path]) -> None:
@@ -165,7 +206,7 @@ def export_checkpoint(ckpt: Path, out: Path, base_model: Path | None = None) -> 
     """`write_model_folder` from a checkpoint folder (``launch.checkpoint``): its weights, the
     strategy it was written with and its meta actor's state; the base model (config, tokenizer)
     is the run's unless `base_model` is passed."""
-    from launch.checkpoint import checkpoint_weights, load_driver_state
+    from launch.checkpoint import load_driver_state, model_dir
     from meta.registry import strategy_from_spec
 
     driver = load_driver_state(ckpt)
@@ -173,8 +214,14 @@ def export_checkpoint(ckpt: Path, out: Path, base_model: Path | None = None) -> 
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"the base model folder {base} (the run's model.path) is not "
                                 f"here; pass the folder the run trained from with --base")
-    weights, meta_state = checkpoint_weights(ckpt)
     strategy = strategy_from_spec(driver["strategy"])
-    if meta_state is not None:
-        strategy.load_state_dict(meta_state["strategy"])
-    return write_model_folder(out, base, weights, strategy, int(driver["step"]), str(ckpt))
+    if driver.get("meta") is not None:
+        strategy.load_state_dict(driver["meta"]["strategy"])
+    weights = model_dir(ckpt)
+    names = [f for f in weights.iterdir() if f.is_file() and any(f.match(w) for w in WEIGHT_FILES)]
+
+    def copy_weights(folder: Path) -> None:
+        for f in names:
+            shutil.copyfile(f, folder / f.name)
+
+    return write_model_folder(out, base, copy_weights, strategy, int(driver["step"]), str(ckpt))

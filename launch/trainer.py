@@ -399,10 +399,14 @@ class Trainer:
         import ray
 
         from launch import checkpoint
+        from launch.model_export import copy_model_files, weights_dtype
 
         tmp = checkpoint.stage(self.run_dir, step + 1)
-        ray.get([lr.save_checkpoint.remote(str(checkpoint.rank_dir(tmp, r)))
-                 for r, lr in enumerate(self.learners)])
+        written = {}  # every rank writes its files and hashes them, all ranks at once
+        for files in ray.get([lr.save_checkpoint.remote(str(tmp)) for lr in self.learners]):
+            written.update(files)
+        model = checkpoint.model_dir(tmp)
+        copy_model_files(Path(self.model_path), model, weights_dtype(model))
         checkpoint.write_driver(tmp, {"meta": ray.get(self.meta.state_dict.remote()),
                                       "step": step + 1, "sampler": self.sampler.state_dict(),
                                       "rng": torch.get_rng_state(), "wandb_id": self.wandb_id,
@@ -410,7 +414,7 @@ class Trainer:
                                       "model_path": str(Path(self.model_path).resolve()),
                                       "in_flight": self._in_flight_state(step + 1)},
                                 asdict(self.run))
-        return checkpoint.commit(tmp, self.run.trainer.keep_last)
+        return checkpoint.commit(tmp, self.run.trainer.keep_last, written)
 
     def _in_flight_state(self, step: int) -> dict | None:
         """The rollout launched for `step` before this checkpoint (off_policy_steps = 1), waited
@@ -446,19 +450,22 @@ class Trainer:
 
     def export_model(self, out: Path) -> Path:
         """The trained model as a Hugging Face folder with its temperature policy
-        (``launch.model_export``): theta (and phi) from the learners, the strategy's state from
-        the meta actor."""
+        (``launch.model_export``): theta (and phi) written by the learners (each rank its share,
+        gathered one layer group at a time under ZeRO-3), the strategy's state from the meta
+        actor."""
         import copy
 
         import ray
 
         from launch.model_export import write_model_folder
 
-        which = "theta" if self.run.meta.phi is None else "all"
-        weights = ray.get([lr.get_weights.remote(which) for lr in self.learners][0])
         strategy = copy.deepcopy(self.strategy)
         strategy.load_state_dict(ray.get(self.meta.state_dict.remote())["strategy"])
-        return write_model_folder(out, self.model_path, weights, strategy,
+
+        def learners_write(folder: Path) -> None:  # every rank its share, layer group by group
+            ray.get([lr.write_model.remote(str(folder)) for lr in self.learners])
+
+        return write_model_folder(out, Path(self.model_path), learners_write, strategy,
                                   self.run.trainer.total_steps)
 
     def restore(self, ckpt: Path) -> None:
@@ -467,11 +474,10 @@ class Trainer:
         before the first rollout. Call after ``setup``."""
         import ray
 
-        from launch.checkpoint import load_driver_state, rank_dir
+        from launch.checkpoint import load_driver_state
 
         driver = load_driver_state(ckpt)
-        ray.get([lr.load_checkpoint.remote(str(rank_dir(ckpt, r)))
-                 for r, lr in enumerate(self.learners)])
+        ray.get([lr.load_checkpoint.remote(str(ckpt)) for lr in self.learners])
         ray.get(self.meta.load_state_dict.remote(driver["meta"]))
         self.sampler.load_state_dict(driver["sampler"])
         torch.set_rng_state(driver["rng"])

@@ -52,7 +52,22 @@ class LearnerConfig:
     they carry no policy gradient, only cost (DAPO's filter without re-sampling) (our default)"""
     share_prompt: bool = True
     """rows of a micro-batch with the same prompt (a GRPO group) run it through the model once
-    and continue from its KV cache: the same values and gradients, less compute (our default)"""
+    and continue from its KV cache: the same values and gradients, less compute (our default;
+    off where gradient_checkpointing is on: checkpointed layers take no KV cache)"""
+    gradient_checkpointing: bool = False
+    """recompute each decoder layer's activations in the backward pass instead of keeping them
+    (transformers' gradient checkpointing, non-reentrant): a theta step holds one layer's
+    activations instead of all of them, for ~30 % more step time. Use it when activations, not
+    the ZeRO state, fill the device (long responses, big micro-batches)"""
+    offload_optimizer: bool = False
+    """DeepSpeed's ZeRO-Offload: the optimizer state (fp32 master weights, Adam moments: 12 of
+    ZeRO's ~16 bytes per parameter) and its step live in CPU memory (zero_stage >= 1). Use it
+    when the ZeRO state does not fit the devices (e.g. 32B on 8 x 80 GB without it); costs step
+    time (the update runs on the CPU, gradients cross to it)"""
+    offload_params: bool = False
+    """DeepSpeed's ZeRO-Infinity parameter offload: the parameter partitions live in CPU memory
+    and are gathered to the device layer by layer (zero_stage = 3). Use it with
+    offload_optimizer when even the parameters do not fit (70B on 8 x 80 GB); slowest"""
 
     def __post_init__(self):
         _require(self.lr > 0, "learner.lr", self.lr, "must be > 0", "set e.g. learner.lr=1e-6")
@@ -85,6 +100,12 @@ class LearnerConfig:
                  "learner.weight_decay/warmup_steps/entropy_coef",
                  (self.weight_decay, self.warmup_steps, self.entropy_coef), "must be >= 0",
                  "use a non-negative value")
+        _require(not self.offload_optimizer or self.zero_stage >= 1, "learner.offload_optimizer",
+                 self.offload_optimizer, "needs learner.zero_stage >= 1 (it offloads ZeRO's "
+                 "partitioned optimizer state)", "set learner.zero_stage=3 (or 2)")
+        _require(not self.offload_params or self.zero_stage == 3, "learner.offload_params",
+                 self.offload_params, "needs learner.zero_stage=3 (only ZeRO-3 partitions the "
+                 "parameters)", "set learner.zero_stage=3")
         _require(not (self.skip_zero_adv and (self.kl_coef > 0 or self.entropy_coef > 0)),
                  "learner.skip_zero_adv", self.skip_zero_adv,
                  "must be false when learner.kl_coef or learner.entropy_coef > 0 (zero-advantage "

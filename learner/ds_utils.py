@@ -75,23 +75,37 @@ def init_distributed(rank: int = 0, world_size: int = 1, master_addr: str = "127
 
 
 def ds_config(micro_batch_size: int, grad_clip: float, zero_stage: int,
-              dtype: str = "float32") -> dict:
+              dtype: str = "float32", offload_optimizer: bool = False,
+              offload_params: bool = False) -> dict:
     """A DeepSpeed config for a client (torch AdamW) optimizer with caller-owned accumulation.
 
     gradient_accumulation_steps is 1: the learner marks the accumulation boundary itself
     (`engine.set_gradient_accumulation_boundary`), so a mini-batch may hold any number of
     micro-batches and `engine.backward` divides the loss by 1 (see the worker's loss scaling).
     The micro-batch size is bookkeeping only: no DeepSpeed data loader is used.
+
+    offload_optimizer / offload_params: DeepSpeed's CPU offload of the optimizer state (ZeRO
+    1-3) / of the parameter partitions (ZeRO-3), pinned on GPUs. The client AdamW then steps
+    the CPU copies (DeepSpeed would otherwise insist on its DeepSpeedCPUAdam, a compiled op:
+    ``zero_force_ds_cpu_optimizer`` off).
     """
+    zero: dict = {"stage": zero_stage}
+    pin = torch.cuda.is_available()
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
     cfg: dict = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch AdamW as the client optimizer
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if offload_optimizer or offload_params:
+        cfg["zero_force_ds_cpu_optimizer"] = False
     if dtype == "bfloat16":
         cfg["bf16"] = {"enabled": True, "check_grad_overflow": True}  # skip NaN/inf steps
     elif dtype == "float16":
@@ -100,6 +114,55 @@ def ds_config(micro_batch_size: int, grad_clip: float, zero_stage: int,
         raise ValueError(f"dtype ({dtype!r}) must be float32, bfloat16 or float16; "
                          f"set e.g. model.dtype=float32 (float32 on CPU)")
     return cfg
+
+
+def load_model(path: str, dtype: torch.dtype, config: dict):
+    """The causal LM of the folder ``path``. Under ZeRO-3 (``config``'s stage) transformers
+    builds it inside DeepSpeed's ``zero.Init`` (``HfDeepSpeedConfig`` alive while it loads), so
+    every parameter is partitioned as it is created and filled from the checkpoint: no rank
+    holds the whole model; else every rank loads all of it."""
+    from transformers import AutoModelForCausalLM
+
+    if config["zero_optimization"]["stage"] != 3:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    from transformers.integrations import HfDeepSpeedConfig
+
+    scope = HfDeepSpeedConfig(config)  # transformers holds it weakly: ZeRO-3 loading while alive
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    finally:
+        del scope
+
+
+def frozen_model(path: str, dtype: torch.dtype, config: dict, device):
+    """A frozen copy of the model (the KL term's reference): under ZeRO-3 partitioned like
+    theta (a DeepSpeed engine with no optimizer gathers each layer for its forward, S / ranks per
+    rank), else a full copy on ``device``. Returns the module to call."""
+    model = load_model(path, dtype, config).eval().requires_grad_(False)
+    if config["zero_optimization"]["stage"] != 3:
+        return model.to(device)
+    import deepspeed
+
+    frozen = {k: v for k, v in config.items() if k not in ("gradient_clipping",)}
+    engine, *_ = deepspeed.initialize(model=model, config=frozen)
+    engine.module.eval()
+    return engine.module
+
+
+def checkpoint_layers(model: torch.nn.Module) -> None:
+    """Gradient checkpointing on ``model``'s decoder layers (transformers', non-reentrant), in a
+    model otherwise kept in eval mode: transformers recomputes a layer only when the layer is
+    in training mode, so that flag alone is set on the layers (not their submodules: dropout and
+    the rest stay as they were, eval: no dropout)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no layers transformers can checkpoint; set "
+                         f"learner.gradient_checkpointing=false")
+    for layer in layers:
+        layer.training = True
 
 
 def build_engine(module: torch.nn.Module, lr: float, weight_decay: float, config: dict):
@@ -168,18 +231,6 @@ def full_state_dict(engine, zero_stage: int) -> dict[str, Tensor]:
 
     with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
         return cpu_clone(module.state_dict())
-
-
-def load_full_state_dict(engine, zero_stage: int, state: dict[str, Tensor]) -> None:
-    """Copy a full state dict into the module (under ZeRO-3 every rank must call it)."""
-    module = engine.module
-    if zero_stage < 3:
-        module.load_state_dict(state)
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
-        module.load_state_dict(state)
 
 
 def grad_norm_of_params(module: torch.nn.Module) -> float:

@@ -4,7 +4,7 @@ layer at a time.
 
 ``metadata()`` gives every parameter's name (Hugging Face names for theta, ``temperature_head.*``
 for phi), dtype and full shape without moving anything (under ZeRO-3 the full shape is
-``ds_shape``). Iterating gathers one layer group (``layerwise_groups``: the embeddings, each
+``ds_shape``). Iterating gathers one layer group (``layer_groups``: the embeddings, each
 decoder layer, the final norm and head) at a time under ZeRO-3 (``GatheredParameters`` over that
 group only, every rank joining) and yields its full tensors; outside ZeRO-3 every rank already
 holds them. So a rank never holds more than one gathered layer plus what the sender packs.
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 def module_source(parts: dict[str, tuple[nn.Module, bool]]):
     """A ``WeightSource`` over ``parts``: name -> (module, sharded by ZeRO-3); ``select`` picks
     the parts a round sends."""
-    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource, layerwise_groups
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
     class LayerwiseSource(WeightSource):
         def __init__(self):
@@ -60,9 +60,9 @@ def module_source(parts: dict[str, tuple[nn.Module, bool]]):
 
         def _gathered(self) -> Iterator[tuple[str, Tensor]]:
             by_name = {name: (p, sharded) for name, p, sharded in self._params()}
-            for group in layerwise_groups(list(by_name)):
+            for group in layer_groups(list(by_name)):
                 sharded = [by_name[n][0] for n in group if by_name[n][1]]
-                with _gathered(sharded):
+                with gathered(sharded):
                     for name in group:
                         yield name, by_name[name][0].data
 
@@ -79,7 +79,27 @@ def module_source(parts: dict[str, tuple[nn.Module, bool]]):
     return LayerwiseSource()
 
 
-def _gathered(params: list[nn.Parameter]):
+def layer_groups(names: list[str]) -> list[list[str]]:
+    """Parameter names in groups of one decoder layer each (keyed on a name's first integer
+    segment: ``model.layers.3.mlp.up_proj.weight`` -> layer 3), with the names before the first
+    layer (embeddings) as the first group and those after it (final norm, LM head) as the last;
+    layers in order. vLLM's ``layerwise_groups`` partitions the same way."""
+    pre, post, layers = [], [], {}
+    for name in names:
+        parts = name.split(".")
+        at = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if at is None:
+            (post if layers else pre).append(name)
+        else:
+            layers.setdefault((".".join(parts[:at]), int(parts[at])), []).append(name)
+    order = {}
+    for prefix, _ in layers:
+        order.setdefault(prefix, len(order))
+    stacks = [layers[k] for k in sorted(layers, key=lambda k: (order[k[0]], k[1]))]
+    return [g for g in [pre, *stacks, post] if g]
+
+
+def gathered(params: list[nn.Parameter]):
     """ZeRO-3's ``GatheredParameters`` over ``params`` (every rank gathers; read only), or
     nothing to do when there are none."""
     import contextlib

@@ -47,7 +47,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -108,29 +107,31 @@ class LearnerWorker:
         that decay; the constant schedule ignores it.
         world_size 1 ignores master_port and rendezvous on a free port.
         """
-        from transformers import AutoModelForCausalLM
-
         self.cfg, self.phi_cfg, self.dtype = cfg, phi, dtype
         self.rank, self.world_size, self.total_steps = rank, world_size, total_steps
         self.zero_stage = cfg.zero_stage
         self.backend = ds_utils.init_distributed(rank, world_size, master_addr,
                                                  master_port if world_size > 1 else None)
         theta_config = ds_utils.ds_config(cfg.micro_batch_size, cfg.grad_clip, cfg.zero_stage,
-                                          dtype)
+                                          dtype, cfg.offload_optimizer, cfg.offload_params)
         torch.manual_seed(seed)
         torch_dtype = getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
+        # ZeRO-3: partitioned while it loads (no full copy per rank); else a full copy
+        model = ds_utils.load_model(model_path, torch_dtype, theta_config).eval()
         self.theta = ds_utils.build_engine(model, cfg.lr, cfg.weight_decay, theta_config)
-        self.share_prompt = cfg.share_prompt and plain_kv_cache(model.config)
-        """rows sharing a prompt run it once (learner.share_prompt, where the KV cache allows)"""
+        self.share_prompt = (cfg.share_prompt and plain_kv_cache(model.config)
+                             and not cfg.gradient_checkpointing)
+        """rows sharing a prompt run it once (learner.share_prompt, where the KV cache allows:
+        not in checkpointed layers)"""
         self.theta.eval()
+        if cfg.gradient_checkpointing:
+            ds_utils.checkpoint_layers(model)
         self.device = self.theta.device
         # stage 0 fp32 steps the bare AdamW, which never checks for NaN: the worker checks itself
         self._theta_own_check = cfg.zero_stage == 0 and dtype == "float32"
         self.ref = None
-        if cfg.kl_coef > 0:  # a frozen, unsharded copy; loaded only when the KL term is on
-            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
-            self.ref.eval().requires_grad_(False).to(self.device)
+        if cfg.kl_coef > 0:  # a frozen copy, sharded like theta; loaded only with the KL term
+            self.ref = ds_utils.frozen_model(model_path, torch_dtype, theta_config, self.device)
         self.phi = None
         if phi is not None:
             if head is None:
@@ -527,61 +528,81 @@ class LearnerWorker:
                 pass
         sync.shutdown()
 
-    def state_dict(self) -> dict:
-        """Everything to resume: theta, phi, both optimizers (this rank's ZeRO shard), the
-        schedules' positions and the RNG states. Deep copies on CPU."""
-        sd = {"world_size": self.world_size, "zero_stage": self.zero_stage,
-              "updates": dict(self.updates), "rng": checkpoint.rng_state(),
-              "theta": {"module": ds_utils.full_state_dict(self.theta, self.zero_stage),
-                        "optimizer": ds_utils.cpu_clone(self.theta.optimizer.state_dict())}}
+    def write_model(self, out: str) -> dict[str, dict]:
+        """theta (and phi) as Hugging Face safetensors files in ``out``
+        (``learner.checkpoint.write_weights``): every rank calls it (ZeRO-3 gathers one layer
+        group at a time) and writes and hashes its share. Returns {path: {"bytes", "sha256"}}
+        of the files it wrote."""
+        head = self.phi.module if self.phi is not None else None
+        files = checkpoint.write_weights(self.theta.module, self.zero_stage == 3, head, Path(out),
+                                         self.rank, self.world_size)
+        return {str(p): e for p, e in files.items()}
+
+    def save_checkpoint(self, ckpt: str) -> dict[str, dict]:
+        """This rank's part of the checkpoint folder ``ckpt`` (``learner.checkpoint``): its share
+        of ``model/`` and its ``learner_rank{r}/`` (its optimizer shard, RNG states, schedule
+        positions). Every rank calls it, all at once. Returns {path: {"bytes", "sha256"}} of the
+        files it wrote (hashed as written)."""
+        d = Path(ckpt)
+        written = self.write_model(str(d / checkpoint.MODEL))
+        optimizers = {}
+        if self.zero_stage > 0 or self.rank == 0:  # ZeRO-0: every rank holds the same state
+            optimizers["theta"] = self.theta.optimizer.state_dict()
+        if self.phi is not None and self.rank == 0:  # the head is replicated
+            optimizers["phi"] = self.phi.optimizer.state_dict()
+        meta = {"world_size": self.world_size, "zero_stage": self.zero_stage,
+                "updates": dict(self.updates)}
+        files = checkpoint.write_rank(checkpoint.rank_dir(d, self.rank), meta, optimizers,
+                                      checkpoint.rng_state())
+        written.update({str(p): e for p, e in files.items()})
+        return written
+
+    def load_checkpoint(self, ckpt: str) -> None:
+        """Restore this rank from the checkpoint folder ``ckpt``, written by as many ranks at the
+        same ZeRO stage: under ZeRO-3 theta comes from this rank's own optimizer shard (its fp32
+        master weights): no rank reads or gathers the whole model; otherwise from ``model/``
+        (every rank holds all of theta anyway)."""
+        from safetensors.torch import load_file
+
+        from rollout.vllm_overlay import HEAD_FILE, HEAD_PREFIX
+
+        d = Path(ckpt)
+        mine, first = checkpoint.rank_dir(d, self.rank), checkpoint.rank_dir(d, 0)
+        meta = checkpoint.read_state(mine)
+        if (meta["world_size"], meta["zero_stage"]) != (self.world_size, self.zero_stage):
+            raise ValueError(
+                f"{d} was written by {meta['world_size']} learner ranks at ZeRO stage "
+                f"{meta['zero_stage']}; this learner runs {self.world_size} at stage "
+                f"{self.zero_stage}: resume with learner.num_ranks={meta['world_size']} "
+                f"learner.zero_stage={meta['zero_stage']}, or start a new run from its weights "
+                f"(model.path={d / checkpoint.MODEL}; the optimizer state starts afresh)")
+        head_file = d / checkpoint.MODEL / HEAD_FILE
+        if head_file.is_file() != (self.phi is not None):
+            raise ValueError("the checkpoint and this learner disagree on having a temperature "
+                             "head (meta=introllm); resume with the same meta strategy")
+        if self.zero_stage < 3:
+            theta = checkpoint.read_weights(d / checkpoint.MODEL)
+            with torch.no_grad():
+                for name, p in self.theta.module.named_parameters():
+                    p.copy_(theta[name])
+        state = (mine if self.zero_stage > 0 else first) / checkpoint.optimizer_file("theta")
+        _load_optimizer(self.theta, checkpoint.safe_load(state))
         if self.phi is not None:
-            sd["phi"] = {"module": ds_utils.full_state_dict(self.phi, 0),
-                         "optimizer": ds_utils.cpu_clone(self.phi.optimizer.state_dict())}
-        return sd
-
-    def load_state_dict(self, sd: dict) -> None:
-        """Restore `state_dict()` output (same world size and ZeRO stage)."""
-        if (sd["world_size"], sd["zero_stage"]) != (self.world_size, self.zero_stage):
-            raise ValueError(f"learner checkpoint has world_size {sd['world_size']}, zero_stage "
-                             f"{sd['zero_stage']}; this learner runs {self.world_size}, "
-                             f"{self.zero_stage}: resume with learner.num_ranks and "
-                             f"learner.zero_stage as they were")
-        if ("phi" in sd) != (self.phi is not None):
-            raise ValueError("learner checkpoint and learner disagree on having a temperature head "
-                             "(meta=introllm); resume with the same meta strategy")
-        _load_engine(self.theta, self.zero_stage, sd["theta"])
-        if self.phi is not None:
-            _load_engine(self.phi, 0, sd["phi"])
-        self.updates = dict(sd["updates"])
-        checkpoint.set_rng_state(sd["rng"])
-
-    def save_checkpoint(self, dirpath: str) -> str:
-        """Write this rank's state into the folder `dirpath` (``learner.checkpoint``): into a
-        sibling temporary folder first, then renamed, so `dirpath` is never half-written.
-        Returns `dirpath`."""
-        final = Path(dirpath)
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint.write_rank(tmp, self.state_dict())
-        if final.exists():  # replacing an earlier save of this folder
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        return str(final)
-
-    def load_checkpoint(self, dirpath: str) -> None:
-        """Restore what `save_checkpoint(dirpath)` wrote."""
-        self.load_state_dict(checkpoint.read_rank(dirpath))
+            head = load_file(str(head_file))
+            self.phi.module.temperature_head.load_state_dict(
+                {k[len(HEAD_PREFIX):]: v for k, v in head.items()})
+            _load_optimizer(self.phi,
+                            checkpoint.safe_load(first / checkpoint.optimizer_file("phi")))
+        self.updates = dict(meta["updates"])
+        checkpoint.set_rng_state(checkpoint.safe_load(mine / checkpoint.RNG))
 
 
-def _load_engine(engine, zero_stage: int, sd: dict) -> None:
-    """Module weights, then optimizer state (a private copy: loading must not alias `sd`)."""
-    ds_utils.load_full_state_dict(engine, zero_stage, sd["module"])
-    opt_sd = ds_utils.cpu_clone(sd["optimizer"])
+def _load_optimizer(engine, state: dict) -> None:
+    """An optimizer state as saved: a torch optimizer's own, or DeepSpeed's ZeRO / bf16 shard of
+    this rank (a list indexed by data-parallel rank, of which a rigid load reads this rank's;
+    the fp32 master weights are copied into the parameters)."""
     if isinstance(engine.optimizer, torch.optim.Optimizer):
-        engine.optimizer.load_state_dict(opt_sd)
-    else:  # DeepSpeed's ZeRO / bf16 optimizers: a list of per-rank dicts; fp32 masters restored
-        # (indexed by data-parallel rank; a rigid checkpoint only reads this rank's entry)
-        engine.optimizer.load_state_dict([opt_sd] * ds_utils.world_size(),
+        engine.optimizer.load_state_dict(state)
+    else:
+        engine.optimizer.load_state_dict([state] * ds_utils.world_size(),
                                          load_optimizer_states=True, load_from_fp32_weights=True)
-
-

@@ -60,3 +60,32 @@ def sane_steps(rows: list[dict], steps: int, max_new_tokens: int) -> list[dict]:
         if not any("actor/pg_loss" in q for q in out[i - stale:i]):
             assert r.get("actor/rollout_logp_diff_max", 0.0) < 1e-3, r["step"]
     return out
+
+
+def tensors_writer(weights: dict):
+    """A ``write_weights`` for ``launch.model_export.write_model_folder`` from in-memory tensors
+    (theta: Hugging Face names, the head: ``temperature_head.*``), in the layout the learners
+    write (``learner.checkpoint.write_weights``: shards with an index, the head's own file); a
+    tensor sharing storage with an earlier one (a tied LM head) is left out, as the learners'
+    named parameters leave it out."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from rollout.vllm_overlay import HEAD_PREFIX, INDEX_FILE, save_head
+
+    def write(folder):
+        theta, seen = {}, set()
+        for k, v in weights.items():
+            if not k.startswith(HEAD_PREFIX) and v.untyped_storage().data_ptr() not in seen:
+                seen.add(v.untyped_storage().data_ptr())
+                theta[k] = v.detach().contiguous()
+        name = "model-00001-of-00001.safetensors"
+        save_file(theta, str(folder / name), metadata={"format": "pt"})
+        (folder / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": {
+            k: name for k in theta}}))
+        head = {k[len(HEAD_PREFIX):]: v for k, v in weights.items() if k.startswith(HEAD_PREFIX)}
+        if head:
+            save_head(folder, head)
+
+    return write

@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.checkpoint import rank_dir
 from launch.config import ClusterConfig, ConfigError
 from launch.placement import plan_layout
 from learner.checkpoint import read_weights
@@ -163,11 +162,12 @@ def test_two_node_spread_run_puts_engines_and_ranks_on_both_nodes(two_nodes, tin
     assert "phi/pg_loss" in steps[0] and "actor/pg_loss" in steps[1]  # introllm: phi, then theta
     assert "actor/rollout_logp_diff_max" in steps[1]  # both ranks' slices, both engines' rows
     assert torch.isfinite(torch.tensor(steps[1]["actor/pg_loss"]))
-    # data parallelism across the nodes kept the two ranks' parameters identical
+    # the two ranks wrote the checkpoint's model/ together (round-robin), across the nodes:
+    # every weight is there, loadable, equal to what the learners hold
     ckpt = sorted((tmp_path / "checkpoints").glob("step_*"))[-1]
-    theta = [read_weights(rank_dir(ckpt, r)) for r in range(2)]
-    assert theta[0].keys() == theta[1].keys()
-    assert all(torch.equal(theta[0][k], theta[1][k]) for k in theta[0])
+    theta = read_weights(ckpt / "model")
+    final = read_weights(tmp_path / "final_model")
+    assert theta.keys() == final.keys() and all(torch.equal(theta[k], final[k]) for k in theta)
 
 
 # ----------------------------------------------------------------------------- slow: object refs

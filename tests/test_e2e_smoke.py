@@ -127,13 +127,22 @@ def test_evaluate_a_checkpoint_reproduces_the_runs_final_evaluation(tmp_path, ti
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from learner.checkpoint import read_weights
+
     model = AutoModelForCausalLM.from_pretrained(out)  # the head's file is not read
-    ckpt_theta = load_file(str(run_dir / "checkpoints" / "step_000002" / "learner_rank0" /
-                                "theta.safetensors"))
+    ckpt_theta = read_weights(run_dir / "checkpoints" / "step_000002" / "model")
     state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in ckpt_theta.items())
-    final_model = load_file(str(run_dir / "final_model" / "model.safetensors"))  # the run's own
-    assert all(torch.equal(final_model[k], state[k]) for k in final_model)
+    assert all(torch.equal(state[k], v) for k, v in ckpt_theta.items()
+               if not k.startswith("temperature_head."))
+    assert torch.equal(load_file(str(out / "temperature_head.safetensors"))[
+        "temperature_head.fc2.bias"], ckpt_theta["temperature_head.fc2.bias"])
+    final_model = read_weights(run_dir / "final_model")  # the run's own export
+    assert final_model.keys() == ckpt_theta.keys()
+    assert all(torch.equal(final_model[k], v) for k, v in ckpt_theta.items())
+    # the checkpoint's model/ is itself a model folder transformers loads
+    assert all(torch.equal(v, AutoModelForCausalLM.from_pretrained(
+        run_dir / "checkpoints" / "step_000002" / "model").state_dict()[k])
+        for k, v in state.items())
     cmd = [c for c in cmd if not c.startswith(("model.path=", "eval.checkpoint=", "hydra."))]
     cmd += [f"model.path={out}", f"hydra.run.dir={tmp_path / 'eval_exported'}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

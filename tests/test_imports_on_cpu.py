@@ -38,6 +38,9 @@ LIBRARY_CLIS = {
     "launch.bench.rollout_arms": "the rollout benchmark's arms: built in-process by launch.bench "
                                  "rollout, and served by a child over another commit's tree for "
                                  "--baseline",
+    "launch.bench.learner_memory": "the learner's memory and checkpoint costs: run in-process by "
+                                   "launch.bench learner --memory, and over another commit's "
+                                   "tree for --baseline",
 }
 """Modules with a ``__main__`` block that are libraries first: importing them is fine."""
 
@@ -51,6 +54,7 @@ BENCH_HELPERS = {
     "launch.bench.baseline": "another commit's tree beside this one (--baseline)",
     "launch.bench.host_step": "the decode step's host microseconds (rollout; any tree)",
     "launch.bench.rollout_arms": "the rollout benchmark's engines and arms (any tree)",
+    "launch.bench.learner_memory": "the learner's memory and checkpoint costs (any tree)",
 }
 
 LEAF_FOR_ALL = {"launch.checks"}

@@ -214,13 +214,16 @@ def test_get_weights_load_into_fresh_models(tiny_model_dir, engine, batch):
 
 
 @pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
-def test_state_dict_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_path, zero_stage):
+def test_checkpoint_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_path, zero_stage):
+    """save_checkpoint / load_checkpoint (learner.checkpoint): the next step after a restore
+    equals the next step after the save, bit for bit (weights, schedule, RNG). Under ZeRO-3 the
+    restore reads only this rank's optimizer shard (theta comes back from its fp32 master
+    weights), so model/ is moved away before it."""
     w = make_worker(tiny_model_dir, engine, zero_stage=zero_stage, warmup_steps=3)
     old = w.compute_old_logprobs(batch)
     w.update_theta(batch, old)  # non-trivial optimizer state and schedule position
     w.update_phi(batch)
-    w.save_checkpoint(str(tmp_path))
-    sd = w.state_dict()
+    written = w.save_checkpoint(str(tmp_path))
 
     def step():
         stats = w.update_theta(batch, old)[0]
@@ -228,16 +231,18 @@ def test_state_dict_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_pat
         return stats["actor/lr"], params(w), torch.rand(3)
 
     lr1, p1, r1 = step()
-    w.load_state_dict(sd)
+    if zero_stage == 3:  # theta is not read from model/: only the head's file is
+        for f in (tmp_path / "model").glob("model-*.safetensors"):
+            f.rename(f.with_suffix(".moved"))
+    w.load_checkpoint(str(tmp_path))
     lr2, p2, r2 = step()
     assert lr1 == lr2 == pytest.approx(1e-3 * 2 / 3)  # second warm-up update
     assert all(torch.equal(p1[k], p2[k]) for k in p1) and torch.equal(r1, r2)
-    w.load_checkpoint(str(tmp_path))  # the same through the file
-    lr3, p3, r3 = step()
-    assert all(torch.equal(p1[k], p3[k]) for k in p1) and torch.equal(r1, r3)
-    assert sorted(os.listdir(tmp_path)) == ["optimizer_phi.pt", "optimizer_theta.pt",
-                                           "phi.safetensors", "rng.pt", "state.json",
-                                           "theta.safetensors"]
+    rank = tmp_path / "learner_rank0"
+    assert sorted(os.listdir(rank)) == ["optimizer_phi.pt", "optimizer_theta.pt", "rng.pt",
+                                        "state.json"]
+    assert {str(p) for p in rank.iterdir()} <= set(written)  # hashed by the rank that wrote
+    assert all(len(e["sha256"]) == 64 for e in written.values())
 
 
 @pytest.mark.parametrize("mini_batches", [1, 2])
@@ -437,3 +442,74 @@ def test_a_learner_builds_after_another_library_destroyed_the_process_group(tiny
     assert dist.is_initialized()
     assert set(params(worker, "phi")) == {f"temperature_head.{k}"
                                           for k in engine.strategy.head.state_dict()}
+
+
+# --------------------------------------------------------------------------- memory options
+
+
+def _theta_step(worker, batch):
+    stats, _ = worker.update_theta(batch, worker.compute_old_logprobs(batch))
+    return stats, params(worker, "theta")
+
+
+def test_zero3_loads_partitioned_and_takes_the_plain_step(tiny_model_dir, engine, batch):
+    """ZeRO-3 builds theta inside zero.Init (every parameter partitioned as it loads), and one
+    theta step gives the plain (stage 0) loss, gradient and update."""
+    plain = make_worker(tiny_model_dir, engine, share_prompt=False)
+    zero3 = make_worker(tiny_model_dir, engine, share_prompt=False, zero_stage=3)
+    assert all(hasattr(p, "ds_tensor") for p in zero3.theta.module.parameters())
+    assert params(zero3, "theta").keys() == params(plain, "theta").keys()
+    assert max_diff(params(zero3, "theta"), params(plain, "theta")) == 0.0  # the file's weights
+    (a, wa), (b, wb) = _theta_step(plain, batch), _theta_step(zero3, batch)
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    assert max_diff(wa, wb) < 1e-6
+
+
+def test_gradient_checkpointing_recomputes_layers_and_changes_no_number(tiny_model_dir, engine,
+                                                                         batch):
+    """learner.gradient_checkpointing: each decoder layer runs forward again in the backward
+    pass (so its activations were not kept); losses, gradients and the update are the plain
+    path's bit for bit (share_prompt is off for both: checkpointed layers take no KV cache)."""
+    plain = make_worker(tiny_model_dir, engine, share_prompt=False)
+    gc = make_worker(tiny_model_dir, engine, gradient_checkpointing=True)
+    assert not gc.share_prompt
+    calls = []
+    layer = gc.theta.module.model.layers[0]
+    layer.register_forward_pre_hook(lambda *_: calls.append(1))
+    (a, wa), (b, wb) = _theta_step(plain, batch), _theta_step(gc, batch)
+    micro = -(-len(batch) // gc.cfg.micro_batch_size)
+    assert len(calls) == 2 * micro + micro  # old pass; update forward + its recompute
+    assert not any(m.training for m in layer.modules() if m is not layer)  # no dropout mode
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy"):
+        assert b[key] == a[key], key
+    assert max_diff(wa, wb) == 0.0
+
+
+@pytest.mark.parametrize("extra", [dict(zero_stage=2, offload_optimizer=True),
+                                   dict(zero_stage=3, offload_optimizer=True,
+                                        offload_params=True)],
+                         ids=["optimizer", "optimizer+params"])
+def test_cpu_offload_takes_the_plain_step(tiny_model_dir, engine, batch, extra):
+    """learner.offload_optimizer / offload_params (DeepSpeed's CPU offload, the client AdamW
+    stepping the CPU copies) give the same loss and gradient and, within float noise, the same
+    update as the same stage without offload."""
+    stage = {"zero_stage": extra["zero_stage"]}
+    plain = make_worker(tiny_model_dir, engine, share_prompt=False, **stage)
+    off = make_worker(tiny_model_dir, engine, share_prompt=False, **extra)
+    (a, wa), (b, wb) = _theta_step(plain, batch), _theta_step(off, batch)
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    assert max_diff(wa, wb) < 1e-6
+
+
+def test_the_reference_model_is_sharded_like_theta_under_zero3(tiny_model_dir, engine, batch):
+    """kl_coef > 0 under ZeRO-3: the frozen reference is partitioned too (no full copy per rank)
+    and scores as the full copy of stage 0 does."""
+    kl = dict(kl_coef=0.1, skip_zero_adv=False, share_prompt=False)
+    full = make_worker(tiny_model_dir, engine, **kl)
+    sharded = make_worker(tiny_model_dir, engine, zero_stage=3, **kl)
+    assert all(hasattr(p, "ds_tensor") for p in sharded.ref.parameters())
+    a, b = full.compute_old_logprobs(batch), sharded.compute_old_logprobs(batch)
+    torch.testing.assert_close(b["ref_logp"], a["ref_logp"], atol=1e-6, rtol=0)
+    assert not torch.equal(a["ref_logp"], torch.zeros_like(a["ref_logp"]))

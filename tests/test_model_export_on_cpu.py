@@ -17,6 +17,7 @@ from launch.model_export import (
     read_policy,
     write_model_folder,
 )
+from tests.conftest import tensors_writer
 
 
 def _write(folder, record):
@@ -62,7 +63,7 @@ def test_an_introllm_folder_loads_in_transformers_and_brings_its_head_back(tmp_p
     torch.manual_seed(1)
     trained = meta.build_strategy("introllm", hidden_size=d)
     weights.update({f"temperature_head.{k}": v for k, v in trained.head.state_dict().items()})
-    out = write_model_folder(tmp_path / "model", tiny_model_dir, weights,
+    out = write_model_folder(tmp_path / "model", tiny_model_dir, tensors_writer(weights),
                              meta.build_strategy("introllm", hidden_size=d), steps=4)
     assert not list(tmp_path.glob(".model.tmp*"))  # written under a temporary name, renamed
     loaded = AutoModelForCausalLM.from_pretrained(out).state_dict()

@@ -36,7 +36,7 @@ from launch.checkpoint import (
     write_driver,
 )
 from launch.config import ConfigError
-from learner.checkpoint import read_rank
+from learner.checkpoint import optimizer_file, read_weights, safe_load
 from tests.conftest import sane_steps
 from tests.test_config_on_cpu import compose_run
 
@@ -87,8 +87,10 @@ def step_rows(run_dir):
 
 
 def theta(run_dir, step):
-    sd = read_rank(rank_dir(Path(run_dir) / "checkpoints" / f"step_{step:06d}", 0))
-    return sd["theta"]["module"], sd["theta"]["optimizer"]
+    """(theta, rank 0's optimizer state) of a run's checkpoint."""
+    ckpt = Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+    return (read_weights(ckpt / "model"),
+            safe_load(rank_dir(ckpt, 0) / optimizer_file("theta")))
 
 
 def wandb_ids(run_dir):
@@ -96,16 +98,22 @@ def wandb_ids(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("off_policy", [0, 1])
-def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir, off_policy):
+@pytest.mark.parametrize("off_policy, ranks", [(0, 1), (1, 2)],
+                         ids=["sync-1rank", "offpolicy-2ranks-zero3"])
+def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir, off_policy,
+                                                        ranks):
     """Killed after the step-2 checkpoint and resumed: every step's metrics, theta and the
     optimizer equal a straight run's. One step off-policy, step 3's rollout was in flight at the
-    checkpoint (sampled with weights it no longer holds): it was kept whole and is trained on."""
+    checkpoint (sampled with weights it no longer holds): it was kept whole and is trained on.
+    With 2 ZeRO-3 ranks each rank restores from its own optimizer shard (theta from its fp32
+    master weights), the checkpoint's model/ written by both."""
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    mode = f"trainer.off_policy_steps={off_policy}"
-    finish(launch(straight, tiny_model_dir, mode))
+    mode = [f"trainer.off_policy_steps={off_policy}"]
+    if ranks > 1:
+        mode += [f"learner.num_ranks={ranks}", "learner.zero_stage=3"]
+    finish(launch(straight, tiny_model_dir, *mode))
 
-    proc = launch(broken, tiny_model_dir, mode)
+    proc = launch(broken, tiny_model_dir, *mode)
     wait_for(broken / "checkpoints" / "step_000002" / "COMPLETE", proc)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, no clean-up
@@ -114,7 +122,7 @@ def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir
                     if (p / "COMPLETE").exists())
     assert killed_at < 4, "the run finished before the kill"
 
-    out = finish(launch(broken, tiny_model_dir, mode, "trainer.resume=auto"))
+    out = finish(launch(broken, tiny_model_dir, *mode, "trainer.resume=auto"))
     assert "resumed from" in out and f"at step {killed_at}" in out
     if killed_at == 2 and not off_policy:
         assert "data epoch 1, position 0" in out or "data epoch 0, position 8" in out
@@ -129,18 +137,29 @@ def test_killed_and_resumed_run_equals_the_straight_run(tmp_path, tiny_model_dir
     for step in a:
         assert b[step] == a[step], f"step {step} differs after resume"
     (ta, oa), (tb, ob) = theta(straight, 4), theta(broken, 4)
-    assert all(torch.equal(ta[k], tb[k]) for k in ta)
-    assert all(torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-               for sa, sb in zip(oa["state"].values(), ob["state"].values()))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    ma, mb = _tensors(oa), _tensors(ob)  # the optimizer state: moments (and ZeRO's masters)
+    assert len(ma) == len(mb) > 0 and all(torch.equal(x, y) for x, y in zip(ma, mb))
     assert len(wandb_ids(broken)) == 1  # the resumed run continued the same wandb run
+
+
+def _tensors(obj) -> list:
+    """Every tensor in a nested state, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _tensors(x)]
+    return []
 
 
 def _fake_ckpt(root: Path, step: int, complete: bool = True) -> Path:
     """A checkpoint folder written by launch.checkpoint, with a stand-in learner file."""
     tmp = stage(root, step)
     write_driver(tmp, {"step": step, "meta": {"pi": torch.ones(3)}}, {"seed": 0})
-    (tmp / "learner_rank0").mkdir()
-    (tmp / "learner_rank0" / "theta.safetensors").write_bytes(bytes(range(256)) * 8)
+    (tmp / "model").mkdir()
+    (tmp / "model" / "model-00001-of-00001.safetensors").write_bytes(bytes(range(256)) * 8)
     if not complete:  # killed while writing: left under its temporary name
         return tmp
     return commit(tmp, keep_last=10)
@@ -159,6 +178,16 @@ def test_find_checkpoint_takes_the_newest_complete_one(tmp_path):
     assert find_checkpoint(tmp_path, str(newest)) == newest
     with pytest.raises(ConfigError, match="trainer.resume .* neither a complete checkpoint"):
         find_checkpoint(tmp_path, str(tmp_path / "nope"))
+
+
+def test_a_resume_with_another_number_of_ranks_says_to_start_from_its_weights(tmp_path):
+    from dataclasses import asdict
+
+    saved = json.loads(json.dumps(asdict(compose_run("learner.num_ranks=2",
+                                                     "learner.zero_stage=3"))))
+    with pytest.raises(ConfigError, match=r"learner.num_ranks: checkpoint 2, now 1.*model.path="
+                                          rf"{tmp_path}/model.*sharded over 2 ranks"):
+        check_compatible(saved, compose_run(), tmp_path)
 
 
 def test_a_checkpoint_from_another_config_is_refused_by_name():
@@ -314,7 +343,7 @@ def test_triton_log_probs_on_cpu_learners_are_refused_before_anything_starts():
 def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
     previous = _fake_ckpt(tmp_path, 2)
     newest = _fake_ckpt(tmp_path, 4)
-    f = newest / "learner_rank0" / "theta.safetensors"
+    f = newest / "model" / "model-00001-of-00001.safetensors"
     f.write_bytes(f.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING, logger="launch.checkpoint"):
         assert find_checkpoint(tmp_path, "auto") == previous
@@ -326,7 +355,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog)
 
 def test_an_altered_or_missing_file_is_refused_by_name(tmp_path):
     ckpt = _fake_ckpt(tmp_path, 2)
-    f = ckpt / "learner_rank0" / "theta.safetensors"
+    f = ckpt / "model" / "model-00001-of-00001.safetensors"
     data = bytearray(f.read_bytes())
     data[100] ^= 1  # same size, one bit flipped
     f.write_bytes(bytes(data))

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import tensors_writer
+
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 12
@@ -56,7 +58,7 @@ def export(out: Path, base: Path, strategy) -> Path:
 
     weights = dict(AutoModelForCausalLM.from_pretrained(base).state_dict())
     weights.update({f"temperature_head.{k}": v for k, v in strategy.head.state_dict().items()})
-    return write_model_folder(out, base, weights, strategy, steps=1)
+    return write_model_folder(out, base, tensors_writer(weights), strategy, steps=1)
 
 
 def free_port() -> int:

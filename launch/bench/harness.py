@@ -274,3 +274,25 @@ def eval_prompt_ids(model: str, prompts: int, seed: int, max_prompt_tokens: int)
     tok = AutoTokenizer.from_pretrained(model)
     return [tok(render_prompt(p, tok))["input_ids"][-max_prompt_tokens:]
             for p in generate(prompts, "eval", seed=seed)]
+
+
+RANDOM_MODELS = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
+                 num_kv_heads=1),
+    "0.1": dict(hidden_size=768, intermediate_size=2048, num_layers=16, num_heads=12,
+                num_kv_heads=4),
+    "0.25": dict(hidden_size=1024, intermediate_size=2816, num_layers=22, num_heads=16,
+                 num_kv_heads=4),
+}
+"""Random-weight Qwen2-shaped models of the scale benchmarks (sync, learner --memory): ~0.1B
+and ~0.25B parameters (the builder's 336-token vocabulary: the layers are the weight); tiny:
+the tests' size, for checking a benchmark itself"""
+
+
+def random_model(size: str):
+    """The folder of ``RANDOM_MODELS[size]`` with random weights (built once, cached)."""
+    from launch.build_model import TinyModelSpec, ensure_tiny_model
+
+    if size not in RANDOM_MODELS:
+        raise SystemExit(f"size {size!r} must be one of {', '.join(RANDOM_MODELS)}")
+    return ensure_tiny_model(TinyModelSpec(**RANDOM_MODELS[size], sft_steps=0))

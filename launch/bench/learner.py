@@ -39,11 +39,24 @@ def add_learner_parser(sub) -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory", action="store_true",
+                   help="instead: peak memory per rank at start-up / theta step / save and the "
+                   "seconds of save, verify and resume, two ranks, per setting and size "
+                   "(launch.bench.learner_memory)")
+    p.add_argument("--sizes", default="0.1,0.25", help="--memory: random models (tiny, 0.1, 0.25)")
+    p.add_argument("--settings", default="zero0,zero2,zero3,zero3+gc,zero3+offload",
+                   help="--memory: comma list of learner settings (learner_memory.SETTINGS)")
+    p.add_argument("--tokens", type=int, default=128, help="--memory: response tokens")
+    p.add_argument("--baseline", default=None, metavar="REF",
+                   help="--memory: also run the settings REF's code has (zero0/2/3) over a git "
+                   "worktree of REF, setting by setting beside this tree's")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=bench_learner)
 
 
 def bench_learner(args) -> dict:
+    if args.memory:
+        return bench_learner_memory(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -129,3 +142,58 @@ def bench_learner(args) -> dict:
     return {"benchmark": "learner", "machine": machine, "settings": settings,
             "median_seconds": med, "ratios": ratios, "samples": samples}
 
+
+
+def bench_learner_memory(args) -> dict:
+    """``--memory``: ``launch.bench.learner_memory`` per size and setting, this tree and (with
+    ``--baseline``) REF's, one after the other."""
+    import contextlib
+    from pathlib import Path
+
+    from launch.bench import learner_memory
+    from launch.bench.baseline import run_in_tree, worktree
+    from launch.bench.harness import random_model
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sizes = [x for x in args.sizes.split(",") if x]
+    settings = [x for x in args.settings.split(",") if x]
+    bad = [x for x in settings if x not in learner_memory.SETTINGS]
+    if bad:
+        raise SystemExit(f"--settings {bad} unknown; choose from "
+                         f"{', '.join(learner_memory.SETTINGS)}")
+    opts = ["--ranks", "2", "--prompts", "4", "--group", "2", "--tokens", str(args.tokens),
+            "--micro-batch-size", "4"]
+    machine = machine_info()
+    print_block("machine", machine)
+    results = {}
+    with contextlib.ExitStack() as stack:
+        tree = stack.enter_context(worktree(args.baseline)) if args.baseline else None
+        for size in sizes:
+            model = str(random_model(size))
+            s_bytes = sum(f.stat().st_size for f in Path(model).glob("*.safetensors"))
+            results[size] = {"model": model, "model_bytes": s_bytes, "this": {}, "base": {}}
+            for setting in settings:
+                print(f"{size}B {setting} ...", flush=True)
+                results[size]["this"][setting] = learner_memory.main([model, setting, *opts])
+                if tree is not None and setting in ("zero0", "zero2", "zero3"):
+                    results[size]["base"][setting] = run_in_tree(
+                        tree[0], Path(learner_memory.__file__), model, setting, *opts)
+    table = Table(["size", "setting", "code", "start-up / S", "theta step / S", "save / S",
+                   "save s", "verify s", "resume s", "checkpoint / S"],
+                  title="per rank (max over 2 ranks): peak private memory over the rank's "
+                        "baseline, in units of S (the model's bytes)")
+    for size, r in results.items():
+        S = r["model_bytes"]
+        for code in ("this", "base"):
+            for setting, m in r[code].items():
+                peak = {k: max(x[k] for x in m["ranks"]) / S
+                        for k in ("startup_peak", "step_peak", "save_peak")}
+                table.add(size, setting, code if code == "this" else "@base",
+                          f"{peak['startup_peak']:.2f}", f"{peak['step_peak']:.2f}",
+                          f"{peak['save_peak']:.2f}", f"{m['save_s']:.2f}",
+                          f"{m['verify_s']:.2f}", f"{m['resume_s']:.2f}",
+                          f"{m['checkpoint_bytes'] / S:.2f}")
+    print_tables(table)
+    return {"benchmark": "learner-memory", "machine": machine,
+            "settings": {"sizes": sizes, "settings": settings, "options": opts,
+                         "baseline": args.baseline}, "sizes": results}

@@ -32,23 +32,14 @@ import tempfile
 import threading
 import time
 
-SIZES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
-                 num_kv_heads=1),
-    "0.1": dict(hidden_size=768, intermediate_size=2048, num_layers=16, num_heads=12,
-                num_kv_heads=4),
-    "0.25": dict(hidden_size=1024, intermediate_size=2816, num_layers=22, num_heads=16,
-                 num_kv_heads=4),
-}
-"""~0.1B / ~0.25B parameters (the builder's 336-token vocabulary: the layers are the weight);
-tiny: the tests' size, for checking the benchmark itself"""
 PATHS = ("collective", "object_store")
 
 
 def add_sync_parser(sub) -> None:
     p = sub.add_parser("sync", help="weight sync: vLLM's weight-transfer API vs the object store",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="0.1,0.25", help="comma list of " + ", ".join(SIZES))
+    p.add_argument("--sizes", default="0.1,0.25",
+                   help="comma list of tiny, 0.1, 0.25 (harness.RANDOM_MODELS)")
     p.add_argument("--paths", default=",".join(PATHS),
                    help="comma list of collective, object_store")
     p.add_argument("--object-store-up-to", default="0.1", metavar="SIZE",
@@ -114,6 +105,8 @@ def object_store_created_bytes() -> int:
 
 def bench_sync(args) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from launch.bench.harness import RANDOM_MODELS as SIZES
+
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     bad = [s for s in sizes if s not in SIZES] + [p for p in paths if p not in PATHS]
@@ -129,7 +122,7 @@ def bench_sync(args) -> dict:
     machine = machine_info()
     print_block("machine", machine)
     print_block("settings", settings)
-    order = list(SIZES)
+    order = list(SIZES)  # smallest first
     limit = order.index(args.object_store_up_to) if args.object_store_up_to else len(order)
     results = {size: _one_size(size, [p for p in paths if p != "object_store"
                                       or order.index(size) <= limit], args)
@@ -163,11 +156,10 @@ def bench_sync(args) -> dict:
 
 def _one_size(size: str, paths: list[str], args) -> dict:
     """A fresh system over the ``size`` model; ``args.reps`` counted syncs per path."""
-    from launch.bench.harness import compose_run, schedule
-    from launch.build_model import TinyModelSpec, ensure_tiny_model
+    from launch.bench.harness import RANDOM_MODELS, compose_run, random_model, schedule
     from launch.trainer import Trainer
 
-    model = ensure_tiny_model(TinyModelSpec(**SIZES[size], sft_steps=0))
+    model = random_model(size)
     model_bytes = sum(f.stat().st_size for f in model.glob("*.safetensors"))
     run = compose_run(["+experiment=smoke", "meta=fixed", f"model.path={model}",
                        f"learner.num_ranks={args.ranks}", "learner.zero_stage=3",
@@ -201,5 +193,5 @@ def _one_size(size: str, paths: list[str], args) -> dict:
                 syncs[path].append(sample)
     finally:
         trainer.shutdown()
-    return {"model": str(model), "model_bytes": model_bytes, "spec": SIZES[size],
+    return {"model": str(model), "model_bytes": model_bytes, "spec": RANDOM_MODELS[size],
             "syncs": syncs}
