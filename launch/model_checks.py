@@ -89,25 +89,25 @@ def _read_json(file: Path) -> dict:
 
 
 def _auto_config(path: Path):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001 - any failure here is the folder's
-        raise ConfigError(f"model.path ({path}): transformers cannot read its config.json "
-                          f"({type(e).__name__}: {_first_line(e)}); point model.path at a "
-                          f"complete Hugging Face model folder") from None
+    return _from_pretrained("AutoConfig", path, "transformers cannot read its config.json",
+                            "point model.path at a complete Hugging Face model folder")
 
 
 def _auto_tokenizer(path: Path):
-    from transformers import AutoTokenizer
+    return _from_pretrained("AutoTokenizer", path, "has no tokenizer transformers can load",
+                            "copy the model's tokenizer files (tokenizer.json, "
+                            "tokenizer_config.json) into it")
+
+
+def _from_pretrained(auto: str, path: Path, what: str, fix: str):
+    """``transformers.<auto>.from_pretrained(path)``; a failure is the folder's: one line."""
+    import transformers
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return getattr(transformers, auto).from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - any failure here is the folder's
-        raise ConfigError(f"model.path ({path}) has no tokenizer transformers can load "
-                          f"({type(e).__name__}: {_first_line(e)}); copy the model's tokenizer "
-                          f"files (tokenizer.json, tokenizer_config.json) into it") from None
+        raise ConfigError(f"model.path ({path}) {what} ({type(e).__name__}: {_first_line(e)}); "
+                          f"{fix}") from None
 
 
 def _first_line(e: Exception) -> str:

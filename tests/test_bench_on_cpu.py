@@ -278,3 +278,18 @@ def test_sync_benchmark_moves_no_weight_through_the_object_store_on_the_collecti
     assert store["object_store_bytes"] >= 2 * tiny["model_bytes"]  # both ranks' state dicts
     assert collective["seconds"] > 0 and collective["memory_samples"] >= 2
     assert "one theta sync" in text and json.loads(out.read_text())["benchmark"] == "sync"
+
+
+@pytest.mark.slow  # two DeepSpeed ranks spawned per phase
+def test_learner_memory_benchmark_runs_a_setting_and_its_resume(tmp_path, capsys):
+    out = tmp_path / "mem.json"
+    result = main(["learner", "--memory", "--sizes", "tiny", "--settings", "zero3+gc",
+                   "--tokens", "16", "--out", str(out)])
+    run = result["sizes"]["tiny"]["this"]["zero3+gc"]
+    assert [r["rank"] for r in run["ranks"]] == [0, 1] == [r["rank"] for r in run["resumed"]]
+    for r in run["ranks"]:
+        assert r["startup_peak"] > 0 and r["step_peak"] > 0 and r["save_peak"] > 0
+        assert r["loss"] == r["loss"] and r["step_s"] > 0  # a real (finite) theta step
+    assert run["save_s"] > 0 and run["verify_s"] >= 0 and run["resume_s"] > 0
+    assert run["checkpoint_bytes"] > result["sizes"]["tiny"]["model_bytes"]  # model/ + shards
+    assert "per rank (max over 2 ranks)" in capsys.readouterr().out and out.exists()

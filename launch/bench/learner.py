@@ -178,8 +178,8 @@ def bench_learner_memory(args) -> dict:
                 if tree is not None and setting in ("zero0", "zero2", "zero3"):
                     results[size]["base"][setting] = run_in_tree(
                         tree[0], Path(learner_memory.__file__), model, setting, *opts)
-    table = Table(["size", "setting", "code", "start-up / S", "theta step / S", "save / S",
-                   "save s", "verify s", "resume s", "checkpoint / S"],
+    table = Table(["size", "setting", "code", "model load / S", "start-up / S", "theta step / S",
+                   "save / S", "save s", "verify s", "resume s", "checkpoint / S"],
                   title="per rank (max over 2 ranks): peak private memory over the rank's "
                         "baseline, in units of S (the model's bytes)")
     for size, r in results.items():
@@ -187,9 +187,10 @@ def bench_learner_memory(args) -> dict:
         for code in ("this", "base"):
             for setting, m in r[code].items():
                 peak = {k: max(x[k] for x in m["ranks"]) / S
-                        for k in ("startup_peak", "step_peak", "save_peak")}
+                        for k in ("load_peak", "startup_peak", "step_peak", "save_peak")}
                 table.add(size, setting, code if code == "this" else "@base",
-                          f"{peak['startup_peak']:.2f}", f"{peak['step_peak']:.2f}",
+                          f"{peak['load_peak']:.2f}", f"{peak['startup_peak']:.2f}",
+                          f"{peak['step_peak']:.2f}",
                           f"{peak['save_peak']:.2f}", f"{m['save_s']:.2f}",
                           f"{m['verify_s']:.2f}", f"{m['resume_s']:.2f}",
                           f"{m['checkpoint_bytes'] / S:.2f}")

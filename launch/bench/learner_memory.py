@@ -3,8 +3,10 @@ and the seconds of save, verify and resume, for two DeepSpeed ranks (gloo) in se
 ZeRO stage, CPU offload and gradient checkpointing (``launch.bench learner --memory``).
 
 Each setting runs in fresh processes: two ranks (spawned) build a ``LearnerWorker`` on the model
-folder (start-up), take one theta step on a synthetic batch (random tokens, every response
-trained: its activations are what gradient checkpointing saves), and write a checkpoint, every
+folder (start-up; its model load measured apart: the peak when ``deepspeed.initialize`` is
+called, before ZeRO allocates its own state), take one theta step on a synthetic batch (random
+tokens, every response trained: its activations are what gradient checkpointing saves), and
+write a checkpoint, every
 rank at once; this process then commits (the manifest: hashes) and verifies it; two fresh ranks
 build again and resume from it. Memory is each rank's private resident memory (RSS minus the
 shared, file-backed pages such as a memory-mapped checkpoint), sampled every 20 ms in the rank,
@@ -93,6 +95,8 @@ def _rank(rank: int, world: int, port: int, model: str, setting: str, ckpt: str,
     import torch
 
     torch.set_num_threads(1)
+    import deepspeed
+
     from launch.config import LearnerConfig
     from learner import checkpoint as ckpt_format
     from learner.worker import LearnerWorker
@@ -100,9 +104,17 @@ def _rank(rank: int, world: int, port: int, model: str, setting: str, ckpt: str,
     peak = _Peak()
     base = peak.now()
     out = {"rank": rank, "baseline": base}
+    initialize = deepspeed.initialize
+
+    def timed_initialize(*a, **kw):  # the model is loaded (and partitioned or not) by now
+        out.setdefault("load_peak", max(peak.peak, peak.now()) - base)
+        return initialize(*a, **kw)
+
+    deepspeed.initialize = timed_initialize
     cfg = LearnerConfig(**SETTINGS[setting], micro_batch_size=args.micro_batch_size)
     worker = LearnerWorker(model, cfg, rank=rank, world_size=world, master_addr="127.0.0.1",
                            master_port=port)
+    deepspeed.initialize = initialize
     out["startup_peak"] = peak.close() - base
     format3 = getattr(ckpt_format, "FORMAT", 2) >= 3
     target = ckpt if format3 else os.path.join(ckpt, f"learner_rank{rank}")
