@@ -117,21 +117,90 @@ def ds_config(micro_batch_size: int, grad_clip: float, zero_stage: int,
 
 
 def load_model(path: str, dtype: torch.dtype, config: dict):
-    """The causal LM of the folder ``path``. Under ZeRO-3 (``config``'s stage) transformers
-    builds it inside DeepSpeed's ``zero.Init`` (``HfDeepSpeedConfig`` alive while it loads), so
-    every parameter is partitioned as it is created and filled from the checkpoint: no rank
-    holds the whole model; else every rank loads all of it."""
-    from transformers import AutoModelForCausalLM
+    """The causal LM of the folder ``path``. Under ZeRO-3 (``config``'s stage) it is built inside
+    DeepSpeed's ``zero.Init`` with no weights, every parameter partitioned as it is created, and
+    each rank copies its own slice of every tensor from the memory-mapped safetensors
+    (``_load_own_slices``): no rank holds the whole model, nor reads more than its share of it.
+    A folder without safetensors goes through transformers' ZeRO-3 loading
+    (``HfDeepSpeedConfig``), which partitions as it loads but has rank 0 copy every tensor. Other
+    stages: every rank loads all of it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if config["zero_optimization"]["stage"] != 3:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    from transformers.integrations import HfDeepSpeedConfig
+    files = _safetensors_of(path)
+    if files is None:
+        from transformers.integrations import HfDeepSpeedConfig
 
-    scope = HfDeepSpeedConfig(config)  # transformers holds it weakly: ZeRO-3 loading while alive
+        scope = HfDeepSpeedConfig(config)  # held weakly by transformers: ZeRO-3 while alive
+        try:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        finally:
+            del scope
+    import deepspeed
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=config):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+    model.tie_weights()  # a tied LM head is the embedding's parameter
+    _load_own_slices(model, files)
+    return model
+
+
+def _safetensors_of(path: str) -> dict[str, str] | None:
+    """{tensor name: its safetensors file} of a model folder (sharded or not), None if it has
+    none."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: str(folder / f) for k, f in json.loads(index.read_text())["weight_map"].items()}
+    found = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            found.update({k: str(f) for k in sf.keys()})
+    return found or None
+
+
+@torch.no_grad()
+def _load_own_slices(model: torch.nn.Module, files: dict[str, str]) -> None:
+    """Fill each ZeRO-3 parameter's partition (``ds_tensor``: this rank's range of the flattened,
+    padded tensor) from the files, reading only the rows that hold it; small parameters ZeRO-3
+    keeps whole on every rank (``ds_persist``) are filled whole."""
+    import torch.distributed as dist
+    from safetensors import safe_open
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    missing = [n for n, _ in model.named_parameters() if n not in files]
+    if missing:
+        raise ValueError(f"the model's parameters {missing[:3]} are not in its safetensors "
+                         f"files ({len(missing)} missing); is the folder complete?")
+    opened: dict[str, object] = {}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        for name, p in model.named_parameters():  # a tied LM head appears once
+            f = files[name]
+            if f not in opened:
+                opened[f] = safe_open(f, framework="pt").__enter__()
+            part = opened[f].get_slice(name)
+            shape = part.get_shape()
+            row = int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
+            size, start = p.ds_tensor.ds_numel, rank * p.ds_tensor.ds_numel
+            p.ds_tensor.zero_()  # the padding of the last rank's range stays 0
+            r0, r1 = start // row, min(shape[0] if shape else 1, -(-(start + size) // row))
+            if r0 < r1:
+                flat = (part[r0:r1] if shape else part[:]).reshape(-1)
+                off = start - r0 * row
+                n = min(size, flat.numel() - off)
+                p.ds_tensor[:n].copy_(flat[off:off + n])
+            if getattr(p, "ds_persist", False) and p.data.numel() == p.ds_numel:
+                p.data.copy_(opened[f].get_tensor(name).reshape(p.data.shape))
     finally:
-        del scope
+        for handle in opened.values():
+            handle.__exit__(None, None, None)
 
 
 def frozen_model(path: str, dtype: torch.dtype, config: dict, device):
