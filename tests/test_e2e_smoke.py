@@ -28,10 +28,11 @@ def run_smoke(tmp_path, model_dir, *overrides, timeout=900):
     return proc, rows
 
 
-def check_sane_run(run_dir, rows, overrides) -> None:
+def check_sane_run(run_dir, rows, overrides, steps: int = 2) -> None:
     """What every smoke run must leave behind: sane per-step metrics, both evaluations,
-    checkpoints, τ dumps, the config, the report, the wandb run and the final model."""
-    steps = sane_steps(rows, steps=2, max_new_tokens=32)
+    checkpoints, τ dumps, the config, the report, the wandb run (unless disabled) and the final
+    model."""
+    steps = sane_steps(rows, steps=steps, max_new_tokens=32)
     for r in steps:
         assert r["timing_s/step"] > 0 and r["perf/throughput"] > 0
     if "meta=tampo" not in overrides:  # introllm: phi first, then theta (alternating)
@@ -50,17 +51,18 @@ def check_sane_run(run_dir, rows, overrides) -> None:
     assert (run_dir / "resolved_config.yaml").exists()
     report = (run_dir / "report.md").read_text()  # the analyses ran at the end
     assert "## Held-out evaluation" in report and (run_dir / "plots" / "curves.png").exists()
-    assert list((run_dir / "wandb").glob("offline-run-*"))
+    if "wandb.mode=disabled" not in overrides:
+        assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / "final_model" / "temperature_policy.json").exists()
 
 
-# the engine-core-process and tensor-parallel shapes run end to end in test_reliability.py (5 steps,
-# the same per-step checks, with one of their vLLM processes killed midway); the transformers
+# IntroLLM on the vLLM engine runs end to end in test_pinned_run.py (the same checks, 2 ZeRO-3
+# ranks); the engine-core-process and tensor-parallel shapes in test_reliability.py (5 steps, the
+# same per-step checks, with one of their vLLM processes killed midway); the transformers
 # engine's run is `hf_run`, shared by the tests below
-@pytest.mark.parametrize("overrides", [[], ["meta=tampo"]], ids=["introllm-vllm", "tampo-vllm"])
-def test_smoke_run_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir, overrides):
-    proc, rows = run_smoke(tmp_path, tiny_model_dir, *overrides)
-    check_sane_run(tmp_path, rows, overrides)
+def test_tampo_smoke_run_on_vllm_trains_and_writes_sane_metrics(tmp_path, tiny_model_dir):
+    proc, rows = run_smoke(tmp_path, tiny_model_dir, "meta=tampo")
+    check_sane_run(tmp_path, rows, ["meta=tampo"])
 
 
 HF_RUN = ("rollout=hf", "trainer.save_every=1", "learner.skip_zero_adv=false")

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import QUICK_SPEC_KW
-from tests.test_e2e_smoke import run_smoke
+from tests.test_e2e_smoke import check_sane_run, run_smoke
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,7 @@ def differences(want: dict, got: dict) -> list[str]:
 def test_a_seeded_run_repeats_the_pinned_numbers_bit_for_bit(tmp_path, pin_model_dir):
     proc, rows = run_smoke(tmp_path, pin_model_dir, *RUN)
     assert "weight sync: collective (tempo_gloo" in proc.stdout  # vLLM's weight-transfer API
+    check_sane_run(tmp_path, rows, RUN, steps=4)  # also IntroLLM's smoke run on vLLM
     got = pinned_rows(rows)
     assert [int(s) for s in got] == [0, 1, 2, 3, 4]
     assert all(got[s]["critic/score/mean"] > 0 for s in "1234")  # rewards vary: real updates

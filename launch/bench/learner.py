@@ -41,12 +41,13 @@ def add_learner_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory", action="store_true",
                    help="instead: peak memory per rank at start-up / theta step / save and the "
-                   "seconds of save, verify and resume, two ranks, per setting and size "
+                   "seconds of save, verify and resume (--ranks ranks), per setting and size "
                    "(launch.bench.learner_memory)")
     p.add_argument("--sizes", default="0.1,0.25", help="--memory: random models (tiny, 0.1, 0.25)")
     p.add_argument("--settings", default="zero0,zero2,zero3,zero3+gc,zero3+offload",
                    help="--memory: comma list of learner settings (learner_memory.SETTINGS)")
     p.add_argument("--tokens", type=int, default=128, help="--memory: response tokens")
+    p.add_argument("--ranks", type=int, default=2, help="--memory: learner ranks")
     p.add_argument("--baseline", default=None, metavar="REF",
                    help="--memory: also run the settings REF's code has (zero0/2/3) over a git "
                    "worktree of REF, setting by setting beside this tree's")
@@ -161,8 +162,8 @@ def bench_learner_memory(args) -> dict:
     if bad:
         raise SystemExit(f"--settings {bad} unknown; choose from "
                          f"{', '.join(learner_memory.SETTINGS)}")
-    opts = ["--ranks", "2", "--prompts", "4", "--group", "2", "--tokens", str(args.tokens),
-            "--micro-batch-size", "4"]
+    opts = ["--ranks", str(args.ranks), "--prompts", "4", "--group", "2", "--tokens",
+            str(args.tokens), "--micro-batch-size", "4"]
     machine = machine_info()
     print_block("machine", machine)
     results = {}
@@ -178,18 +179,22 @@ def bench_learner_memory(args) -> dict:
                 if tree is not None and setting in ("zero0", "zero2", "zero3"):
                     results[size]["base"][setting] = run_in_tree(
                         tree[0], Path(learner_memory.__file__), model, setting, *opts)
-    table = Table(["size", "setting", "code", "model load / S", "start-up / S", "theta step / S",
+    table = Table(["size", "setting", "code", "model load / S", "load resident / S",
+                   "start-up / S", "theta step / S",
                    "save / S", "save s", "verify s", "resume s", "checkpoint / S"],
-                  title="per rank (max over 2 ranks): peak private memory over the rank's "
-                        "baseline, in units of S (the model's bytes)")
+                  title=f"per rank (max over {args.ranks} ranks): peak private memory over the "
+                        "rank's baseline, in units of S (the model's bytes); load resident: with "
+                        "the file-backed pages the rank read")
     for size, r in results.items():
         S = r["model_bytes"]
         for code in ("this", "base"):
             for setting, m in r[code].items():
                 peak = {k: max(x[k] for x in m["ranks"]) / S
                         for k in ("load_peak", "startup_peak", "step_peak", "save_peak")}
+                resident = max(x.get("load_resident", float("nan")) for x in m["ranks"]) / S
                 table.add(size, setting, code if code == "this" else "@base",
-                          f"{peak['load_peak']:.2f}", f"{peak['startup_peak']:.2f}",
+                          f"{peak['load_peak']:.2f}", f"{resident:.2f}",
+                          f"{peak['startup_peak']:.2f}",
                           f"{peak['step_peak']:.2f}",
                           f"{peak['save_peak']:.2f}", f"{m['save_s']:.2f}",
                           f"{m['verify_s']:.2f}", f"{m['resume_s']:.2f}",

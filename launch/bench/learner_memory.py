@@ -10,7 +10,8 @@ write a checkpoint, every
 rank at once; this process then commits (the manifest: hashes) and verifies it; two fresh ranks
 build again and resume from it. Memory is each rank's private resident memory (RSS minus the
 shared, file-backed pages such as a memory-mapped checkpoint), sampled every 20 ms in the rank,
-over the same rank's baseline after its imports.
+over the same rank's baseline after its imports; for the model load also the resident memory
+with file-backed pages (what a rank read of a memory-mapped model file).
 
 Self-contained on purpose (``launch.bench learner --memory --baseline REF`` runs it over another
 commit's tree): it touches ``LearnerWorker``, ``LearnerConfig``, ``rollout.base`` and
@@ -42,13 +43,16 @@ SETTINGS = {
 
 
 class _Peak:
-    """This process's peak private resident memory while alive (sampled every 20 ms)."""
+    """This process's peak private resident memory while alive (sampled every 20 ms), and its
+    peak resident memory with the file-backed pages it touched (``resident``: a memory-mapped
+    model file counts as far as the rank read it)."""
 
     def __init__(self):
         import psutil
 
         self._proc = psutil.Process()
         self.peak = self.now()
+        self.resident = self._proc.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -59,7 +63,9 @@ class _Peak:
 
     def _run(self):
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.now())
+            info = self._proc.memory_info()
+            self.peak = max(self.peak, info.rss - info.shared)
+            self.resident = max(self.resident, info.rss)
 
     def close(self) -> int:
         self._stop.set()
@@ -102,12 +108,13 @@ def _rank(rank: int, world: int, port: int, model: str, setting: str, ckpt: str,
     from learner.worker import LearnerWorker
 
     peak = _Peak()
-    base = peak.now()
+    base, base_resident = peak.now(), peak.resident
     out = {"rank": rank, "baseline": base}
     initialize = deepspeed.initialize
 
     def timed_initialize(*a, **kw):  # the model is loaded (and partitioned or not) by now
         out.setdefault("load_peak", max(peak.peak, peak.now()) - base)
+        out.setdefault("load_resident", peak.resident - base_resident)
         return initialize(*a, **kw)
 
     deepspeed.initialize = timed_initialize
