@@ -121,14 +121,21 @@ def load_model(path: str, dtype: torch.dtype, config: dict):
     DeepSpeed's ``zero.Init`` with no weights, every parameter partitioned as it is created, and
     each rank copies its own slice of every tensor from the memory-mapped safetensors
     (``_load_own_slices``): no rank holds the whole model, nor reads more than its share of it.
-    A folder without safetensors goes through transformers' ZeRO-3 loading
-    (``HfDeepSpeedConfig``), which partitions as it loads but has rank 0 copy every tensor. Other
-    stages: every rank loads all of it."""
+    A folder without safetensors, or whose tensor names are not the model's own (names
+    transformers converts while loading: another prefix, an MoE's experts stored one by one),
+    goes through transformers' ZeRO-3 loading (``HfDeepSpeedConfig``), which partitions as it
+    loads but has rank 0 copy every tensor. Other stages: every rank loads all of it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if config["zero_optimization"]["stage"] != 3:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     files = _safetensors_of(path)
+    if files is not None:
+        with torch.device("meta"):  # the parameter names only: no memory
+            names = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path),
+                                                     dtype=dtype).named_parameters()
+            if not {n for n, _ in names} <= files.keys():
+                files = None
     if files is None:
         from transformers.integrations import HfDeepSpeedConfig
 

@@ -598,11 +598,18 @@ class LearnerWorker:
 
 
 def _load_optimizer(engine, state: dict) -> None:
-    """An optimizer state as saved: a torch optimizer's own, or DeepSpeed's ZeRO / bf16 shard of
+    """An optimizer state as saved: a torch optimizer's own; DeepSpeed's ZeRO / bf16 shard of
     this rank (a list indexed by data-parallel rank, of which a rigid load reads this rank's;
-    the fp32 master weights are copied into the parameters)."""
+    the fp32 master weights are copied into the parameters); or, at ZeRO-0 in 16 bits,
+    DeepSpeed's mixed-precision wrapper's own (``FP16_UnfusedOptimizer``: one dict, its fp32
+    masters inside)."""
+    import inspect
+
+    load = engine.optimizer.load_state_dict
     if isinstance(engine.optimizer, torch.optim.Optimizer):
-        engine.optimizer.load_state_dict(state)
+        load(state)
+    elif "load_from_fp32_weights" in inspect.signature(load).parameters:
+        load([state] * ds_utils.world_size(), load_optimizer_states=True,
+             load_from_fp32_weights=True)
     else:
-        engine.optimizer.load_state_dict([state] * ds_utils.world_size(),
-                                         load_optimizer_states=True, load_from_fp32_weights=True)
+        load(state)

@@ -8,6 +8,7 @@ scale (forgotten x world_size, a per-micro-batch denominator) shows in the norm.
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -55,10 +56,10 @@ def batch(engine):
     return make_batch(engine)
 
 
-def make_worker(model_dir, engine, phi_lr=1e-2, **cfg):
+def make_worker(model_dir, engine, phi_lr=1e-2, dtype="float32", **cfg):
     cfg = {"lr": 1e-3, "micro_batch_size": 4, **cfg}
     return LearnerWorker(str(model_dir), LearnerConfig(**cfg), PhiTrainingConfig(lr=phi_lr),
-                         head=engine.strategy.head, total_steps=10)
+                         head=engine.strategy.head, total_steps=10, dtype=dtype)
 
 
 def naive_logits(model, batch):
@@ -213,13 +214,16 @@ def test_get_weights_load_into_fresh_models(tiny_model_dir, engine, batch):
     assert set(w.get_weights("all")) == set(phi) | set(w.get_weights("theta"))
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
-def test_checkpoint_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_path, zero_stage):
+@pytest.mark.parametrize("zero_stage, dtype", [(0, "float32"), (1, "float32"), (2, "float32"),
+                                               (3, "float32"), (0, "bfloat16"), (3, "bfloat16")])
+def test_checkpoint_round_trip_is_bitwise(tiny_model_dir, engine, batch, tmp_path, zero_stage,
+                                          dtype):
     """save_checkpoint / load_checkpoint (learner.checkpoint): the next step after a restore
     equals the next step after the save, bit for bit (weights, schedule, RNG). Under ZeRO-3 the
     restore reads only this rank's optimizer shard (theta comes back from its fp32 master
-    weights), so model/ is moved away before it."""
-    w = make_worker(tiny_model_dir, engine, zero_stage=zero_stage, warmup_steps=3)
+    weights), so model/ is moved away before it. In bfloat16 DeepSpeed wraps the optimizer
+    (its own mixed-precision optimizers, fp32 masters) at every stage."""
+    w = make_worker(tiny_model_dir, engine, zero_stage=zero_stage, warmup_steps=3, dtype=dtype)
     old = w.compute_old_logprobs(batch)
     w.update_theta(batch, old)  # non-trivial optimizer state and schedule position
     w.update_phi(batch)
@@ -464,6 +468,29 @@ def test_zero3_loads_partitioned_and_takes_the_plain_step(tiny_model_dir, engine
     for key in ("actor/pg_loss", "actor/grad_norm"):
         assert b[key] == pytest.approx(a[key], rel=1e-5), key
     assert max_diff(wa, wb) < 1e-6
+
+
+def test_zero3_loads_a_folder_whose_names_transformers_converts(tiny_model_dir, engine, tmp_path):
+    """Tensors stored under names that are not the model's own (here the base model's, without
+    the ``model.`` prefix, as some folders hold them) load through transformers' conversion under
+    ZeRO-3 too: the same weights as the plain folder."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_model_dir, folder)
+    for f in folder.glob("*.safetensors"):
+        save_file({k.removeprefix("model."): v for k, v in load_file(str(f)).items()}, str(f),
+                  metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k.removeprefix("model."): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data))
+    plain = make_worker(tiny_model_dir, engine, zero_stage=3)
+    renamed = make_worker(folder, engine, zero_stage=3)
+    assert max_diff(params(renamed, "theta"), params(plain, "theta")) == 0.0
 
 
 def test_gradient_checkpointing_recomputes_layers_and_changes_no_number(tiny_model_dir, engine,
