@@ -27,7 +27,6 @@ warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 
 from launch.config import ConfigError, RunConfig
-from learner.checkpoint import MODEL, file_entry, read_weights, safe_load
+from learner.checkpoint import MODEL, file_entry, read_weights, safe_load, sha256_of
 from learner.checkpoint import rank_dir as rank_dir  # the step folder's rank folders
 
 log = logging.getLogger(__name__)
@@ -73,14 +72,6 @@ def write_driver(tmp: Path, state: dict, config: dict) -> None:
     """The driver's part: `state` (tensors and plain data) and the run's settings."""
     torch.save(state, Path(tmp) / DRIVER)
     (Path(tmp) / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)  # hashlib releases the GIL: files hash in parallel in threads
-    return h.hexdigest()
 
 
 def _parallel(fn, items: list) -> list:
@@ -185,7 +176,7 @@ def verify(ckpt: Path) -> None:
             raise CheckpointError(f"{path} has {size} bytes, {want['bytes']} when written "
                                   f"(truncated or replaced)")
     names = list(files)
-    for rel, digest in zip(names, _parallel(lambda r: _sha256(ckpt / r), names)):
+    for rel, digest in zip(names, _parallel(lambda r: sha256_of(ckpt / r), names)):
         if digest != files[rel]["sha256"]:
             raise CheckpointError(f"{ckpt / rel} differs from the file written (checksum)")
 

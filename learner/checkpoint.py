@@ -57,15 +57,20 @@ def optimizer_file(part: str) -> str:
     return f"optimizer_{part}.pt"
 
 
-def file_entry(path: Path) -> dict:
-    """{"bytes", "sha256"} of a file just written, flushed to the disk first (COMPLETE may only
-    name what is on the disk)."""
+def sha256_of(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
-            h.update(chunk)
+            h.update(chunk)  # hashlib releases the GIL: files hash in parallel in threads
+    return h.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    """{"bytes", "sha256"} of a file just written, flushed to the disk first (COMPLETE may only
+    name what is on the disk)."""
+    with open(path, "rb") as f:
         os.fsync(f.fileno())
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 def _safe_classes() -> list:

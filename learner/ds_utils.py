@@ -16,6 +16,7 @@ this module stays cheap and `DS_ACCELERATOR=cpu` is in place before DeepSpeed pi
 from __future__ import annotations
 
 import copy
+import math
 import os
 import socket
 
@@ -129,11 +130,11 @@ def load_model(path: str, dtype: torch.dtype, config: dict):
 
     if config["zero_optimization"]["stage"] != 3:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model_config = AutoConfig.from_pretrained(path)
     files = _safetensors_of(path)
     if files is not None:
         with torch.device("meta"):  # the parameter names only: no memory
-            names = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path),
-                                                     dtype=dtype).named_parameters()
+            names = AutoModelForCausalLM.from_config(model_config, dtype=dtype).named_parameters()
             if not {n for n, _ in names} <= files.keys():
                 files = None
     if files is None:
@@ -148,7 +149,7 @@ def load_model(path: str, dtype: torch.dtype, config: dict):
     from transformers.initialization import no_init_weights
 
     with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=config):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     model.tie_weights()  # a tied LM head is the embedding's parameter
     _load_own_slices(model, files)
     return model
@@ -176,16 +177,13 @@ def _safetensors_of(path: str) -> dict[str, str] | None:
 @torch.no_grad()
 def _load_own_slices(model: torch.nn.Module, files: dict[str, str]) -> None:
     """Fill each ZeRO-3 parameter's partition (``ds_tensor``: this rank's range of the flattened,
-    padded tensor) from the files, reading only the rows that hold it; small parameters ZeRO-3
-    keeps whole on every rank (``ds_persist``) are filled whole."""
+    padded tensor) from the files (``files`` names every parameter), reading only the rows that
+    hold it; small parameters ZeRO-3 keeps whole on every rank (``ds_persist``) are filled
+    whole."""
     import torch.distributed as dist
     from safetensors import safe_open
 
     rank = dist.get_rank() if dist.is_initialized() else 0
-    missing = [n for n, _ in model.named_parameters() if n not in files]
-    if missing:
-        raise ValueError(f"the model's parameters {missing[:3]} are not in its safetensors "
-                         f"files ({len(missing)} missing); is the folder complete?")
     opened: dict[str, object] = {}
     try:
         for name, p in model.named_parameters():  # a tied LM head appears once
@@ -194,7 +192,7 @@ def _load_own_slices(model: torch.nn.Module, files: dict[str, str]) -> None:
                 opened[f] = safe_open(f, framework="pt").__enter__()
             part = opened[f].get_slice(name)
             shape = part.get_shape()
-            row = int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
+            row = math.prod(shape[1:])  # elements per row (1 for a vector or a scalar)
             size, start = p.ds_tensor.ds_numel, rank * p.ds_tensor.ds_numel
             p.ds_tensor.zero_()  # the padding of the last rank's range stays 0
             r0, r1 = start // row, min(shape[0] if shape else 1, -(-(start + size) // row))

@@ -606,9 +606,7 @@ def _load_optimizer(engine, state: dict) -> None:
     import inspect
 
     load = engine.optimizer.load_state_dict
-    if isinstance(engine.optimizer, torch.optim.Optimizer):
-        load(state)
-    elif "load_from_fp32_weights" in inspect.signature(load).parameters:
+    if "load_from_fp32_weights" in inspect.signature(load).parameters:  # ZeRO / bf16
         load([state] * ds_utils.world_size(), load_optimizer_states=True,
              load_from_fp32_weights=True)
     else:

@@ -4,6 +4,7 @@ of every benchmark through the command line (launch.bench.__main__), and its --h
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -276,7 +277,6 @@ def test_sync_benchmark_moves_no_weight_through_the_object_store_on_the_collecti
     collective, store = tiny["syncs"]["collective"][0], tiny["syncs"]["object_store"][0]
     assert collective["object_store_bytes"] == 0  # Ray's own counter did not move
     assert store["object_store_bytes"] >= 2 * tiny["model_bytes"]  # both ranks' state dicts
-    assert collective["seconds"] > 0 and collective["memory_samples"] >= 2
     assert "one theta sync" in text and json.loads(out.read_text())["benchmark"] == "sync"
 
 
@@ -289,7 +289,7 @@ def test_learner_memory_benchmark_runs_a_setting_and_its_resume(tmp_path, capsys
     assert [r["rank"] for r in run["ranks"]] == [0, 1] == [r["rank"] for r in run["resumed"]]
     for r in run["ranks"]:
         assert r["startup_peak"] > 0 and r["step_peak"] > 0 and r["save_peak"] > 0
-        assert r["loss"] == r["loss"] and r["step_s"] > 0  # a real (finite) theta step
-    assert run["save_s"] > 0 and run["verify_s"] >= 0 and run["resume_s"] > 0
+        assert math.isfinite(r["loss"]) and r["step_s"] > 0  # a real theta step
+    assert run["save_s"] > 0 and run["resume_s"] > 0
     assert run["checkpoint_bytes"] > result["sizes"]["tiny"]["model_bytes"]  # model/ + shards
     assert "per rank (max over 2 ranks)" in capsys.readouterr().out and out.exists()

@@ -289,6 +289,23 @@ and ~0.25B parameters (the builder's 336-token vocabulary: the layers are the we
 the tests' size, for checking a benchmark itself"""
 
 
+def split_list(value: str, allowed, flag: str) -> list[str]:
+    """A command line's comma list, each item one of ``allowed``, in order, without repeats."""
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if not items or bad:
+        raise SystemExit(f"{flag} ({value!r}) must be a comma list of {', '.join(allowed)}; "
+                         f"e.g. {flag} {','.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def model_bytes(folder) -> int:
+    """S: the bytes of a model folder's safetensors."""
+    from pathlib import Path
+
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
 def random_model(size: str):
     """The folder of ``RANDOM_MODELS[size]`` with random weights (built once, cached)."""
     from launch.build_model import TinyModelSpec, ensure_tiny_model

@@ -153,15 +153,11 @@ def bench_learner_memory(args) -> dict:
 
     from launch.bench import learner_memory
     from launch.bench.baseline import run_in_tree, worktree
-    from launch.bench.harness import random_model
+    from launch.bench.harness import RANDOM_MODELS, model_bytes, random_model, split_list
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sizes = [x for x in args.sizes.split(",") if x]
-    settings = [x for x in args.settings.split(",") if x]
-    bad = [x for x in settings if x not in learner_memory.SETTINGS]
-    if bad:
-        raise SystemExit(f"--settings {bad} unknown; choose from "
-                         f"{', '.join(learner_memory.SETTINGS)}")
+    sizes = split_list(args.sizes, tuple(RANDOM_MODELS), "--sizes")
+    settings = split_list(args.settings, tuple(learner_memory.SETTINGS), "--settings")
     opts = ["--ranks", str(args.ranks), "--prompts", "4", "--group", "2", "--tokens",
             str(args.tokens), "--micro-batch-size", "4"]
     machine = machine_info()
@@ -171,8 +167,8 @@ def bench_learner_memory(args) -> dict:
         tree = stack.enter_context(worktree(args.baseline)) if args.baseline else None
         for size in sizes:
             model = str(random_model(size))
-            s_bytes = sum(f.stat().st_size for f in Path(model).glob("*.safetensors"))
-            results[size] = {"model": model, "model_bytes": s_bytes, "this": {}, "base": {}}
+            results[size] = {"model": model, "model_bytes": model_bytes(model), "this": {},
+                             "base": {}}
             for setting in settings:
                 print(f"{size}B {setting} ...", flush=True)
                 results[size]["this"][setting] = learner_memory.main([model, setting, *opts])

@@ -46,6 +46,7 @@ from launch.bench.harness import (
     machine_info,
     print_block,
     rates,
+    split_list,
     summarize,
 )
 
@@ -82,15 +83,6 @@ def add_rollout_parser(sub) -> None:
     p.set_defaults(func=bench_rollout)
 
 
-def _split(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    items = [x.strip() for x in value.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if not items or bad:
-        raise SystemExit(f"{flag} ({value!r}) must be a comma list of {', '.join(allowed)}; "
-                         f"e.g. {flag} {','.join(allowed)}")
-    return list(dict.fromkeys(items))
-
-
 ROLLOUT_ENGINES = {
     "vllm": dict(engine="vllm", engine_core="inproc"),
     "vllm-process": dict(engine="vllm", engine_core="process"),
@@ -102,8 +94,8 @@ Triton's interpreter (a test stub), a correctness path, not a speed figure."""
 
 
 def bench_rollout(args) -> dict:
-    engines = _split(args.engines, tuple(ROLLOUT_ENGINES), "--engines")
-    strategies = _split(args.strategies, ("introllm", "fixed"), "--strategies")
+    engines = split_list(args.engines, tuple(ROLLOUT_ENGINES), "--engines")
+    strategies = split_list(args.strategies, ("introllm", "fixed"), "--strategies")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

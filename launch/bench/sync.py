@@ -105,14 +105,12 @@ def object_store_created_bytes() -> int:
 
 def bench_sync(args) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from launch.bench.harness import RANDOM_MODELS as SIZES
+    from launch.bench.harness import RANDOM_MODELS, split_list
 
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    bad = [s for s in sizes if s not in SIZES] + [p for p in paths if p not in PATHS]
-    if bad or not sizes or not paths or args.reps < 1:
-        raise SystemExit(f"--sizes must name {', '.join(SIZES)}, --paths {', '.join(PATHS)} "
-                         f"(got {bad or 'none'}); --reps >= 1")
+    sizes = split_list(args.sizes, tuple(RANDOM_MODELS), "--sizes")
+    paths = split_list(args.paths, PATHS, "--paths")
+    if args.reps < 1:
+        raise SystemExit(f"--reps ({args.reps}) must be >= 1")
     from launch.bench.harness import Table, machine_info, print_block, print_tables, summarize
 
     settings = {"sizes": sizes, "paths": paths, "object_store_up_to": args.object_store_up_to,
@@ -122,7 +120,7 @@ def bench_sync(args) -> dict:
     machine = machine_info()
     print_block("machine", machine)
     print_block("settings", settings)
-    order = list(SIZES)  # smallest first
+    order = list(RANDOM_MODELS)  # smallest first
     limit = order.index(args.object_store_up_to) if args.object_store_up_to else len(order)
     results = {size: _one_size(size, [p for p in paths if p != "object_store"
                                       or order.index(size) <= limit], args)
@@ -156,11 +154,11 @@ def bench_sync(args) -> dict:
 
 def _one_size(size: str, paths: list[str], args) -> dict:
     """A fresh system over the ``size`` model; ``args.reps`` counted syncs per path."""
-    from launch.bench.harness import RANDOM_MODELS, compose_run, random_model, schedule
+    from launch.bench.harness import RANDOM_MODELS, compose_run, model_bytes, random_model, schedule
     from launch.trainer import Trainer
 
     model = random_model(size)
-    model_bytes = sum(f.stat().st_size for f in model.glob("*.safetensors"))
+    s_bytes = model_bytes(model)
     run = compose_run(["+experiment=smoke", "meta=fixed", f"model.path={model}",
                        f"learner.num_ranks={args.ranks}", "learner.zero_stage=3",
                        "rollout.engine_core=process",
@@ -168,7 +166,7 @@ def _one_size(size: str, paths: list[str], args) -> dict:
                        "rollout.weight_sync=collective", "cluster.dashboard=false",
                        "wandb.mode=disabled", *args.overrides])
     trainer = Trainer(run, tempfile.mkdtemp(prefix="bench_sync_"), str(model), [], [])
-    print(f"\n{size}B model: {model} ({model_bytes / 1e9:.2f} GB)")
+    print(f"\n{size}B model: {model} ({s_bytes / 1e9:.2f} GB)")
     trainer.setup()
     syncs: dict[str, list[dict]] = {p: [] for p in paths}
     try:
@@ -187,11 +185,11 @@ def _one_size(size: str, paths: list[str], args) -> dict:
                       "object_store_bytes": created, "memory_samples": len(mem.samples)}
             tag = "warm-up" if r == 0 else f"rep {r}/{args.reps}"
             print(f"  {tag:>9}  {path:<12} {seconds:7.2f} s  peak extra "
-                  f"{sample['extra_bytes'] / model_bytes:5.2f} S  object store "
-                  f"{sample['object_store_bytes'] / model_bytes:5.2f} S")
+                  f"{sample['extra_bytes'] / s_bytes:5.2f} S  object store "
+                  f"{sample['object_store_bytes'] / s_bytes:5.2f} S")
             if r > 0:
                 syncs[path].append(sample)
     finally:
         trainer.shutdown()
-    return {"model": str(model), "model_bytes": model_bytes, "spec": RANDOM_MODELS[size],
+    return {"model": str(model), "model_bytes": s_bytes, "spec": RANDOM_MODELS[size],
             "syncs": syncs}
