@@ -10,8 +10,10 @@ Two families, five difficulty levels each, deterministic by seed:
   ``reward.synthetic``). Level sets how many numbers and how large. Many expressions are tried
   before one hits the target, so sampling temperature (exploration) matters here.
 
-Train and held-out splits are disjoint by construction: a problem belongs to the held-out split
-iff a hash of its prompt falls in the held-out bucket, whatever the seed that generated it.
+Three splits, disjoint by construction: a hash of the prompt picks its bucket, whatever the seed
+that generated it. Bucket 0 (1 in ``BUCKETS``) is the held-out test split ('eval'), bucket 1 the
+validation split ('val': where ``launch.compare`` tunes each arm's decoding temperature, never on
+the test problems), the rest is 'train'.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dataclasses import dataclass, field
 
 LEVELS = (1, 2, 3, 4, 5)
 FAMILIES = ("arith", "countdown")
-EVAL_BUCKETS = 10  # 1 in EVAL_BUCKETS of all possible prompts is held out
+BUCKETS = 10  # a prompt's split: hash % BUCKETS == 0 -> 'eval', == 1 -> 'val', else 'train'
+SPLITS = ("train", "val", "eval")
 
 
 @dataclass(frozen=True)
@@ -149,11 +152,12 @@ _GENERATORS = {"arith": _arith, "countdown": _countdown}
 # ----------------------------------------------------------------------------- splits
 
 
-def is_heldout(prompt: str) -> bool:
-    """True iff this prompt belongs to the held-out split (seed-independent, so splits never
-    mix)."""
+def split_of(prompt: str) -> str:
+    """'eval' (held-out test), 'val' (validation) or 'train': a hash of the prompt alone, so
+    the splits never mix, whatever the seeds."""
     digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % EVAL_BUCKETS == 0
+    bucket = int.from_bytes(digest, "little") % BUCKETS
+    return SPLITS[2 - bucket] if bucket < 2 else "train"
 
 
 def generate(
@@ -164,7 +168,7 @@ def generate(
     levels: tuple[int, ...] = LEVELS,
     unique: bool | None = None,
 ) -> list[Problem]:
-    """``num`` problems of ``split`` ('train' or 'eval'), families and levels in round-robin
+    """``num`` problems of ``split`` ('train', 'val' or 'eval'), families and levels in round-robin
     (so every (family, level) cell gets ``num / (len(families) * len(levels))`` problems).
 
     Deterministic for a given (num, split, seed, families, levels). With ``unique`` (default: on
@@ -172,16 +176,15 @@ def generate(
     prompt repeats within the returned list.
     """
     if unique is None:
-        unique = split == "eval"
-    if split not in ("train", "eval"):
-        raise ValueError(f"split ({split!r}) must be 'train' or 'eval'")
+        unique = split != "train"
+    if split not in SPLITS:
+        raise ValueError(f"split ({split!r}) must be one of {SPLITS}")
     for fam in families:
         if fam not in _GENERATORS:
             raise ValueError(f"unknown task family {fam!r}; choose from {sorted(_GENERATORS)}")
     for lvl in levels:
         if lvl not in LEVELS:
             raise ValueError(f"level {lvl} is not one of {LEVELS}")
-    want_heldout = split == "eval"
     rng = random.Random(f"{seed}-{split}")
     cells = [(f, lvl) for lvl in levels for f in families]
     seen: set[str] = set()
@@ -199,7 +202,7 @@ def generate(
         if made is None:
             continue
         prompt, answer, solution, meta = made
-        if is_heldout(prompt) != want_heldout or (unique and prompt in seen):
+        if split_of(prompt) != split or (unique and prompt in seen):
             continue
         seen.add(prompt)
         pid = f"{fam}-L{lvl}-{split}-{seed}-{len(out)}"

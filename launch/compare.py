@@ -6,21 +6,36 @@ baseline with intervals, a markdown table, a JSON of every number, plots side by
     python -m launch.compare --baseline fixed-1.0 --eval-size 1000 --eval-samples 8
     python -m launch.compare --set "mine=+experiment=introllm meta.tau_max=2.0" \\
         -- trainer.total_steps=60
+    python -m launch.compare --only fixed-0.8 introllm --equal theta-updates \\
+        --eval-temperatures 0.6 0.8 1.0 --val-size 250
 
 Each (strategy, seed) is a full ``python -m launch.run`` in its own folder ``OUT/<name>-s<seed>``,
 one after another (each run uses the whole machine). A run whose folder already holds
 ``final_metrics.json`` is not run again, so an interrupted comparison continues where it stopped.
 
-``OUT/comparison.md`` then has two tables. The first: per strategy, the last evaluation's
-held-out Avg@k, Pass@k and greedy accuracy (argmax, one response: ``eval.greedy``) as mean ± std
-over seeds, and the base model's (every run evaluates it at step 0). The second: each strategy
-minus the baseline (``--baseline``; default: the fixed temperature with the best mean final Avg@k),
-paired: runs of one seed share the prompt order and the held-out problems, so the difference is
-taken problem by problem and its 95 % interval comes from a paired bootstrap over problems and
-seeds (``launch.paired``), with the smallest difference these seeds and problems can detect.
+Every run also decodes its final model at each ``--eval-temperatures`` (default 0.6 0.8 1.0; every
+token at that temperature, whatever the strategy) and under its own policy, on the held-out test
+problems and on ``--val-size`` validation problems from a split disjoint from test and train
+(``Trainer.sweep``; a reused run without it gets it from ``launch.evaluate``). ``OUT/comparison.md``
+then has, against a baseline (``--baseline``; default: the fixed temperature with the best
+validation Avg@k at its best decoding, chosen without a test record):
+
+- **matched decoding**: each strategy minus the baseline at the same decoding temperature;
+- **tuned decoding**: each strategy at its best decoding per metric, chosen on validation alone,
+  minus the baseline at its own (``launch.decoding``);
+- **budgets**: θ and φ updates, responses, tokens, seconds per run; ``--equal theta-updates``
+  runs strategies that update θ in only some steps (IntroLLM alternating) for more steps;
+- **each run's evaluation rule** (``eval.temperature``; greedy), the older tables: mean ± std
+  over seeds of the last evaluation's Avg@k, Pass@k and greedy accuracy, and the base model's,
+  and the paired differences; confounded by decoding temperature when arms decode differently.
+
+Paired: runs of one seed share the prompt order and the held-out problems, so every difference
+is taken problem by problem and its 95 % interval comes from a paired bootstrap over problems
+and seeds (``launch.paired``), with the smallest difference these seeds and problems can detect.
 ``OUT/comparison.json`` holds every number; ``OUT/comparison.png`` the held-out accuracy and mean τ
-over steps, one line per strategy. Seeds change the data order, the held-out problems, the
-strategy's draws and the sampling, so a comparison is repeatable on the same machine.
+over steps, ``OUT/decoding.png`` test Avg@k and Pass@k against decoding τ, one line per strategy.
+Seeds change the data order, the held-out problems, the strategy's draws and the sampling, so a
+comparison is repeatable on the same machine.
 
 The ``random-reward`` row is the random-reward control: fixed T = 1.0 trained on coin flips with
 the batch's verifier mean instead of the verifier's rewards (``reward.random_control``): what a
@@ -39,9 +54,14 @@ import time
 from pathlib import Path
 
 from launch.analyze import mean_std
+from launch.decoding import has_sweep
+from launch.metrics import decoding_name
 
-# name -> launch.run overrides. TAMPO's paper compares fixed 0.9, 1.2, 1.5; 1.0 is our base.
+# name -> launch.run overrides. TAMPO's paper compares fixed 0.9, 1.2, 1.5; 1.0 is our base;
+# 0.6 and 0.8 because both learned methods settle at 0.6-0.75 on the embedded default.
 DEFAULT_SET = {
+    "fixed-0.6": "+experiment=fixed meta.temperature=0.6",
+    "fixed-0.8": "+experiment=fixed meta.temperature=0.8",
     "fixed-0.9": "+experiment=fixed meta.temperature=0.9",
     "fixed-1.0": "+experiment=fixed meta.temperature=1.0",
     "fixed-1.2": "+experiment=fixed meta.temperature=1.2",
@@ -53,29 +73,80 @@ DEFAULT_SET = {
     "introllm": "+experiment=introllm",
     "random-reward": "+experiment=fixed meta.temperature=1.0 reward.random_control=true",
 }
+EVAL_TEMPERATURES = (0.6, 0.8, 1.0)
+"""the shared decoding temperatures every arm's final model is evaluated at (--eval-temperatures)"""
 METRICS = ("avg", "pass", "greedy")
 """the paired metrics: Avg@k, Pass@k (k = eval.samples), greedy accuracy"""
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(out: Path, name: str, seed: int, overrides: str, extra: list[str]) -> Path:
-    """Run (or reuse) one (strategy, seed); returns its folder."""
+def run_one(out: Path, name: str, seed: int, overrides: str, extra: list[str],
+            sweep: list[str] = ()) -> Path:
+    """Run (or reuse) one (strategy, seed) in ``OUT/<name>-s<seed>``; returns the folder.
+    ``sweep``: the overrides of the final decoding sweep (eval.temperatures, data.val_size); a
+    reused run that lacks it gets it from ``launch.evaluate`` on its last checkpoint, into
+    ``<run>/sweep``."""
     run_dir = out / f"{name}-s{seed}"
+    args = [*shlex.split(overrides), f"seed={seed}"]
     if (run_dir / "final_metrics.json").exists():
         print(f"[compare] {run_dir.name}: done before, reused")
-        return run_dir
-    cmd = [sys.executable, "-m", "launch.run", *shlex.split(overrides), f"seed={seed}",
-           f"hydra.run.dir={run_dir}", *extra]
+    else:
+        _call(run_dir, "launch.run", [*args, f"hydra.run.dir={run_dir}", *extra, *sweep],
+              run_dir / "compare.log")
+    if sweep and not has_sweep(run_dir, decodings_of(sweep)):
+        _call(run_dir, "launch.evaluate", [*args, *extra, *sweep, f"eval.checkpoint={run_dir}",
+                                           f"hydra.run.dir={run_dir / 'sweep'}"],
+              run_dir / "sweep.log")
+    return run_dir
+
+
+def _call(run_dir: Path, module: str, args: list[str], log_path: Path) -> None:
+    cmd = [sys.executable, "-m", module, *args]
     print(f"[compare] {run_dir.name}: {' '.join(cmd[2:])}", flush=True)
     t0 = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "compare.log", "w") as log:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if rc != 0:
-        raise RuntimeError(f"{run_dir.name} failed (exit {rc}); see {run_dir / 'compare.log'}")
+        raise RuntimeError(f"{run_dir.name}: {module} failed (exit {rc}); see {log_path}")
     print(f"[compare] {run_dir.name}: {time.time() - t0:.0f} s", flush=True)
-    return run_dir
+
+
+def sweep_overrides(temperatures: list[float], val_size: int) -> list[str]:
+    """The launch.run / launch.evaluate overrides of the final decoding sweep (none without
+    temperatures)."""
+    if not temperatures:
+        return []
+    return [f"eval.temperatures=[{','.join(f'{t:g}' for t in temperatures)}]",
+            f"data.val_size={val_size}"]
+
+
+def decodings_of(sweep: list[str]) -> list[str]:
+    """'own' and the temperature names (t0.6, ...) of sweep_overrides' eval.temperatures."""
+    temps = next((o.partition("=")[2] for o in sweep if o.startswith("eval.temperatures=")),
+                 "[]")
+    return ["own"] + [decoding_name(float(t)) for t in temps.strip("[]").split(",") if t]
+
+
+def budget_overrides(name: str, overrides: str, extra: list[str], equal: str
+                     ) -> tuple[str, str]:
+    """(overrides, run folder prefix) of an arm under the comparison's budget. 'responses':
+    as given (every arm generates prompts_per_step x G responses per step, so equal steps are
+    equal responses); 'theta-updates': trainer.total_steps raised until θ is updated
+    total_steps times (IntroLLM's alternating schedule needs twice the steps), in a folder
+    named by its steps."""
+    if equal == "responses":
+        return overrides, name
+    from launch.config import compose_run
+    from launch.decoding import steps_for_theta_updates
+
+    run = compose_run([*shlex.split(overrides), *extra])
+    steps = steps_for_theta_updates(run, run.trainer.total_steps)
+    if steps == run.trainer.total_steps:
+        return overrides, name
+    print(f"[compare] {name}: {steps} steps for {run.trainer.total_steps} θ updates")
+    return f"{overrides} trainer.total_steps={steps}", f"{name}-steps{steps}"
 
 
 def final_numbers(run_dir: Path) -> dict[str, float]:
@@ -208,28 +279,70 @@ def plot(out: Path, runs: dict[str, list[Path]]) -> Path:
 
 
 def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | None = None,
-                     baseline: str | None = None, reps: int = 10_000) -> Path:
-    """comparison.md, comparison.json and comparison.png from the runs' folders."""
+                     baseline: str | None = None, reps: int = 10_000,
+                     temperatures: list[str] = ()) -> Path:
+    """comparison.md, comparison.json, comparison.png (and decoding.png) from the runs' folders;
+    ``temperatures``: the shared decoding temperatures' names (t0.6, ...) of the runs' sweep."""
+    from launch import decoding
+
     seeds = list(range(len(next(iter(runs.values()))))) if seeds is None else seeds
     results = {name: [final_numbers(d) for d in dirs] for name, dirs in runs.items()}
-    baseline = baseline or default_baseline(results)
-    if baseline not in runs:
+    budgets = {name: [decoding.budget(d) for d in dirs] for name, dirs in runs.items()}
+    decodings = ["own", *temperatures]
+    fair = bool(temperatures)
+    if baseline is not None and baseline not in runs:
         raise ValueError(f"--baseline {baseline!r} is not one of the compared strategies "
                          f"{sorted(runs)}")
+    if baseline is None:  # chosen on validation when the runs have it, never on test
+        baseline = (decoding.tuned_baseline(runs, decodings) if fair
+                    else default_baseline(results))
     diffs = paired(runs, seeds, baseline, reps)
     k = next((key.split("@")[1] for r in results[baseline] for key in r
               if key.startswith("final/avg@")), "k")
     mde = detectable(diffs)
     png = plot(out, runs)
-    text = ["# Strategy comparison", "",
-            "Held-out accuracy of each strategy's last evaluation (and of the base model, "
-            "evaluated by each run at step 0), mean ± std over seeds. Runs: "
-            + ", ".join(f"`{d.name}`" for dirs in runs.values() for d in dirs) + ".", "",
-            table(results), "",
-            f"Paired differences to **{baseline}** (the same seeds, problem by problem; 95 % "
-            f"interval from a paired bootstrap over held-out problems and seeds; * = the "
-            f"interval excludes 0, otherwise this comparison cannot tell the two apart):", "",
-            paired_table(diffs, baseline, k), ""]
+    text = ["# Strategy comparison", "", "Runs: "
+            + ", ".join(f"`{d.name}`" for dirs in runs.values() for d in dirs) + ".", ""]
+    record = {"baseline": baseline, "seeds": seeds,
+              "runs": {n: [str(d) for d in ds] for n, ds in runs.items()},
+              "budgets": budgets}
+    if fair:
+        match = decoding.matched(runs, seeds, baseline, list(temperatures), reps)
+        tuned = decoding.tuned(runs, seeds, baseline, decodings, reps)
+        curves = decoding.plot_curves(out, runs, list(temperatures))
+        record.update({"decodings": decodings, "matched": match, "tuned": tuned})
+        text += [f"## Matched decoding: each strategy − **{baseline}**, both decoding every "
+                 "token at the same temperature", "",
+                 "The same held-out test problems, the same temperature, the same sampling seed, "
+                 "paired problem by problem within a seed; 95 % interval of a paired bootstrap "
+                 "over problems and seeds (* = excludes 0). A learned temperature's own choices "
+                 "are set aside here: this compares the trained weights θ.", "",
+                 decoding.matched_table(match, baseline, k), "",
+                 "## Tuned decoding: each strategy at its best decoding, chosen on validation",
+                 "", "Per strategy and metric, the decoding (a shared temperature, or `own`: the "
+                 "strategy's own policy, IntroLLM's head, TAMPO's π) with the best validation "
+                 "score pooled over seeds (in brackets); the validation problems are a split "
+                 "disjoint from the test problems, and the choice opens no test record. Then "
+                 f"the test score at that choice, and the paired difference to {baseline} at its "
+                 "own choice.", "", decoding.tuned_table(tuned, baseline, k), "",
+                 f"![decoding]({curves.name})", ""]
+    text += ["## Budgets", "", "What each strategy was given (`launch.decoding.budget`, from the "
+             "runs' logged steps): θ and φ optimizer updates, responses, tokens, seconds.", "",
+             decoding.budget_table(budgets), ""]
+    rule = ("## Each run's evaluation rule" + (" (confounded by decoding temperature)" if fair
+                                                else ""))
+    text += [rule, "",
+             "Held-out accuracy of each strategy's last evaluation under `eval.temperature` "
+             "(scalar strategies decode at it, per-token rules such as IntroLLM's head decide "
+             "their own; greedy: argmax), and of the base model (evaluated by each run at step "
+             "0), mean ± std over seeds" + (": arms here decode at different temperatures, so "
+                                            "use the two sections above to compare them."
+                                            if fair else "."), "",
+             table(results), "",
+             f"Paired differences to **{baseline}** (the same seeds, problem by problem; 95 % "
+             f"interval from a paired bootstrap over held-out problems and seeds; * = the "
+             f"interval excludes 0, otherwise this comparison cannot tell the two apart):", "",
+             paired_table(diffs, baseline, k), ""]
     if mde:
         text += ["Smallest difference these sizes detect (80 % power, 95 % interval; median "
                  f"over strategies; {len(seeds)} seeds): "
@@ -238,10 +351,8 @@ def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | 
     text += [f"![comparison]({png.name})", "",
              "Each run's own plots and numbers: `<run>/report.md`. Every number: "
              "`comparison.json`.", ""]
-    (out / "comparison.json").write_text(json.dumps(
-        {"baseline": baseline, "seeds": seeds, "runs": {n: [str(d) for d in ds]
-                                                         for n, ds in runs.items()},
-         "results": results, "paired": diffs, "detectable": mde}, indent=2))
+    record.update({"results": results, "paired": diffs, "detectable": mde})
+    (out / "comparison.json").write_text(json.dumps(record, indent=2))
     path = out / "comparison.md"
     path.write_text("\n".join(text))
     return path
@@ -269,6 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-samples", type=int, default=None,
                     help="responses per held-out problem, k of Avg@k / Pass@k (eval.samples)")
     ap.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples")
+    ap.add_argument("--eval-temperatures", type=float, nargs="*", default=list(EVAL_TEMPERATURES),
+                    metavar="T",
+                    help="shared decoding temperatures every final model is evaluated at, on "
+                         "test and validation, besides its own policy (matched and tuned "
+                         "tables; none: only each run's own evaluation rule)")
+    ap.add_argument("--val-size", type=int, default=250,
+                    help="validation problems per run (data.val_size; synthetic data), where "
+                         "each strategy's decoding is tuned")
+    ap.add_argument("--equal", choices=("responses", "theta-updates"), default="responses",
+                    help="the budget held equal: responses (the same steps: every strategy "
+                         "generates the same per step) or theta-updates (strategies that update "
+                         "θ in only some steps, e.g. IntroLLM alternating, run longer)")
     args = ap.parse_args(argv)
     strategies = dict(DEFAULT_SET)
     for item in args.set:
@@ -291,11 +414,19 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ([f"data.eval_size={args.eval_size}"] if args.eval_size is not None else []) + (
         [f"eval.samples={args.eval_samples}"] if args.eval_samples is not None else [])
     args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run
+    if any(t <= 0 for t in args.eval_temperatures) or args.val_size < 0:
+        ap.error(f"--eval-temperatures {args.eval_temperatures} must be > 0 and --val-size "
+                 f"({args.val_size}) >= 0")
+    temps = list(dict.fromkeys(args.eval_temperatures))
+    sweep = sweep_overrides(temps, args.val_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {name: [run_one(out, name, s, ov, sizes + extra) for s in args.seeds]
-            for name, ov in strategies.items()}
-    path = write_comparison(out, runs, args.seeds, args.baseline, args.reps)
+    runs = {}
+    for name, ov in strategies.items():
+        ov, folder = budget_overrides(name, ov, sizes + extra, args.equal)
+        runs[name] = [run_one(out, folder, s, ov, sizes + extra, sweep) for s in args.seeds]
+    path = write_comparison(out, runs, args.seeds, args.baseline, args.reps,
+                            decodings_of(sweep)[1:])
     print(path.read_text())
     return 0
 

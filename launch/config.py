@@ -57,12 +57,18 @@ class DataConfig:
     """synthetic (embedded tasks) | jsonl | parquet"""
     train_path: Optional[str] = None
     eval_path: Optional[str] = None
+    val_path: Optional[str] = None
+    """validation problems (local file) for eval.temperatures: launch.compare tunes each arm's
+    decoding temperature on them, never on eval_path's; must not share problems with eval_path"""
     format: str = "auto"
     """row schema of local files: auto | math | gsm8k | answer (problem + answer)"""
     train_size: int = 20000
     """synthetic: number of training problems generated"""
     eval_size: int = 500
     """synthetic: held-out problems (50 per family x level with the defaults)"""
+    val_size: int = 0
+    """synthetic: validation problems, from a split disjoint from train and held-out (by a hash
+    of the prompt); used by eval.temperatures (launch.compare tunes decoding on them); 0 = none"""
     families: tuple[str, ...] = ("arith", "countdown")
     levels: tuple[int, ...] = (1, 2, 3, 4, 5)
     prompt_template: str = "chat"
@@ -87,6 +93,8 @@ class DataConfig:
                  "set e.g. data.train_size=20000")
         _require(self.eval_size >= 0, "data.eval_size", self.eval_size, "must be >= 0",
                  "set e.g. data.eval_size=500")
+        _require(self.val_size >= 0, "data.val_size", self.val_size, "must be >= 0",
+                 "set e.g. data.val_size=250")
         _require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction",
                  self.max_bad_fraction, "must be in [0, 1]", "set e.g. data.max_bad_fraction=0.1")
         from data.synthetic import FAMILIES, LEVELS
@@ -223,6 +231,12 @@ class EvalConfig:
     decode at it, IntroLLM takes it as tau_0 and its head decides every token, EAD and EDT apply
     their per-token rules (our default: 1.0, one protocol for every run and for the base model);
     null = the strategy's own step-level plan (e.g. TAMPO's draw from pi)"""
+    temperatures: tuple[float, ...] = ()
+    """after the last step (and in launch.evaluate), also decode the held-out and validation
+    problems at each of these temperatures, every token at that one temperature whatever the
+    strategy, and under the strategy's own policy ("own": its plan and per-token rule): keys
+    sweep/<test|val>/<t0.6|own>/..., records evals/step_NNNNNN_<split>_<decoding>.jsonl
+    (launch.compare pairs arms at matched temperatures and tunes each on validation); () = none"""
 
     def __post_init__(self):
         _require(self.every >= 0, "eval.every", self.every, "must be >= 0", "set eval.every=10")
@@ -233,6 +247,10 @@ class EvalConfig:
                  "set e.g. eval.temperature_mode=sample")
         _require(self.temperature is None or self.temperature > 0, "eval.temperature",
                  self.temperature, "must be > 0 or null", "set e.g. eval.temperature=1.0")
+        _require(all(t > 0 for t in self.temperatures)
+                 and len(set(self.temperatures)) == len(self.temperatures), "eval.temperatures",
+                 list(self.temperatures), "must be distinct temperatures > 0",
+                 "set e.g. eval.temperatures=[0.6,0.8,1.0]")
 
 
 @dataclass(frozen=True)
@@ -332,6 +350,19 @@ def _meta(node) -> MetaConfig:
                 f"{', '.join(sorted(accepted | phi_keys | {'name'}))}. Check the spelling")
     phi_cfg = _typed(PhiTrainingConfig, "meta", phi) if cls.learns_head else None
     return MetaConfig(name=name, args=args, phi=phi_cfg)
+
+
+def compose_run(overrides=()) -> "RunConfig":
+    """A validated RunConfig from the repository's conf/ and Hydra ``overrides``, as
+    ``launch.run`` composes it."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return validate(cfg)
 
 
 def validate(cfg: DictConfig | dict) -> RunConfig:

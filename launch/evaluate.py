@@ -5,13 +5,18 @@
         data.eval_path=/data/math500.jsonl
     python -m launch.evaluate +experiment=fixed eval.temperature_mode=greedy eval.samples=1
     python -m launch.evaluate +experiment=introllm model.path=runs/x/final_model   # exported
+    python -m launch.evaluate +experiment=introllm eval.checkpoint=runs/x \
+        'eval.temperatures=[0.6,0.8,1.0]' data.val_size=250     # matched and own decodings
 
 The same configuration as ``launch.run`` (so the strategy, its head and the data are the run's);
 no learner is started. The evaluation runs on the rollout actors (``Trainer.evaluate``): k samples
 per problem decoded with the strategy's temperatures (IntroLLM's head: ``eval.temperature_mode=
 sample|mean``; scalar strategies at ``eval.temperature``) or greedily, scored by the reward actor,
 summarised by ``launch.metrics.summarize`` into Avg@k, unbiased Pass@k and maj@k overall, per
-family and per level. Results: the printed table and ``<run folder>/eval_results.json``.
+family and per level. With ``eval.temperatures`` it decodes instead the held-out and validation
+problems at each temperature (every token at it, whatever the strategy) and under the strategy's
+own policy (``Trainer.sweep``, what ``launch.compare`` pairs and tunes on). Results: the printed
+table and ``<run folder>/eval_results.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
 
     from launch.checkpoint import checkpoint_weights, find_checkpoint
     from launch.config import ConfigError
-    from launch.inputs import load_data, resolve_model_path
+    from launch.inputs import load_data, load_validation, resolve_model_path
     from launch.metrics import format_table
     from launch.model_export import read_policy
     from launch.trainer import Trainer
@@ -43,7 +48,9 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
         raise ConfigError("eval.checkpoint (auto) must be a checkpoint or run folder path; "
                           "e.g. eval.checkpoint=runs/NAME/checkpoints/step_000120")
     ckpt = find_checkpoint(Path(run_dir), run.eval.checkpoint) if run.eval.checkpoint else None
-    trainer = Trainer(run, run_dir, model_path, [], heldout)
+    sweep = bool(run.eval.temperatures)
+    validation = load_validation(run, heldout) if sweep else []
+    trainer = Trainer(run, run_dir, model_path, [], heldout, validation)
     try:
         trainer.setup(learners=False)
         # an exported folder is the model after its trained steps (the evaluation seeds follow)
@@ -56,7 +63,7 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
             if meta_state is not None:
                 ray.get(trainer.meta.load_state_dict.remote(meta_state))
             step = int(ckpt.name.split("_")[-1])
-        results = trainer.evaluate(step)
+        results = trainer.sweep(step) if sweep else trainer.evaluate(step)
     finally:
         trainer.shutdown()
     k = run.eval.samples
@@ -64,9 +71,18 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
            "problems": len(heldout), "samples": k, "mode": run.eval.temperature_mode,
            "temperature": run.eval.temperature, **results}
     Path(run_dir, "eval_results.json").write_text(json.dumps(out, indent=2))
-    print(f"held-out evaluation of {ckpt or model_path} ({len(heldout)} problems x {k} samples, "
-          f"{run.eval.temperature_mode}):")
-    print(format_table({key[len("eval/"):]: v for key, v in results.items()}, k))
+    if sweep:
+        print(f"evaluation of {ckpt or model_path}, {k} samples per problem ({len(heldout)} "
+              f"held-out, {len(validation)} validation problems), overall:")
+        tail = f"/all/avg@{k}"
+        for key in sorted(key for key in results if key.endswith(tail)):
+            at = key[len("sweep/"):-len(tail)]
+            print(f"  {at:<12} Avg@{k} {results[key]:.3f}   "
+                  f"Pass@{k} {results[key.replace('avg@', 'pass@')]:.3f}")
+    else:
+        print(f"held-out evaluation of {ckpt or model_path} ({len(heldout)} problems x {k} "
+              f"samples, {run.eval.temperature_mode}):")
+        print(format_table({key[len("eval/"):]: v for key, v in results.items()}, k))
     print(f"results: {os.path.abspath(Path(run_dir, 'eval_results.json'))}")
     return out
 

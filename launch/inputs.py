@@ -64,3 +64,27 @@ def load_data(run: RunConfig):
     except DataError as e:
         raise ConfigError(str(e)) from None
     return train, heldout
+
+
+def load_validation(run: RunConfig, heldout=()) -> list:
+    """The validation problems (data.val_size of the synthetic 'val' split, or data.val_path),
+    checked to share no prompt with the held-out ``heldout``: what is tuned on them must never
+    have seen a test problem."""
+    from data.loaders import DataError, load_problems
+    from data.synthetic import generate
+
+    d = run.data
+    if d.source == "synthetic":
+        val = generate(d.val_size, "val", seed=run.seed, families=d.families,
+                       levels=d.levels) if d.val_size else []
+    else:
+        try:
+            val = load_problems(d.val_path, d.format, d.max_bad_fraction) if d.val_path else []
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+    shared = {p.prompt for p in val} & {p.prompt for p in heldout}
+    if shared:
+        raise ConfigError(f"data.val_path ({d.val_path}) shares {len(shared)} problems with the "
+                          f"held-out set (e.g. {sorted(shared)[0]!r}); validation must be "
+                          "disjoint from the test problems: remove them from one of the files")
+    return val

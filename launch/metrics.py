@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter, defaultdict
 from math import comb
 from pathlib import Path
@@ -104,9 +105,19 @@ def read_problem_records(path: Path) -> dict[str, list[float]]:
     return out
 
 
-def problem_records(run_dir: Path, greedy: bool = False) -> dict[str, list[float]] | None:
-    """{problem_id: rewards} of a run's last evaluation (``evals/step_*.jsonl``), None if the
-    run wrote none (an older run, or eval.greedy=false for the greedy column)."""
+def decoding_name(temperature: float | None) -> str:
+    """How a sweep decoding is named in keys and file names: 't0.6' for every token at 0.6,
+    'own' (None) for the strategy's own policy."""
+    return "own" if temperature is None else f"t{float(temperature):g}"
+
+
+def problem_records(run_dir: Path, greedy: bool = False, tag: str | None = None
+                    ) -> dict[str, list[float]] | None:
+    """{problem_id: rewards} of a run's last evaluation (``evals/step_NNNNNN.jsonl``; ``greedy``:
+    its greedy column; ``tag``, e.g. 'test_t0.6': that sweep decoding,
+    ``step_NNNNNN_<tag>.jsonl``), None if the run wrote none (an older run, eval.greedy=false,
+    no eval.temperatures)."""
+    tag = "_" + tag if tag else ("_greedy" if greedy else "")
     files = sorted(p for p in (Path(run_dir) / "evals").glob("step_*.jsonl")
-                   if p.stem.endswith("_greedy") == greedy)
+                   if re.fullmatch(r"step_\d+" + re.escape(tag), p.stem))
     return read_problem_records(files[-1]) if files else None

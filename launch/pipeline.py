@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from launch.config import ConfigError, RunConfig
-from launch.inputs import load_data, resolve_model_path
+from launch.inputs import load_data, load_validation, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,11 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     check_learner_device(run)
     model_path = resolve_model_path(run)
     train, heldout = load_data(run)
-    print(f"model {model_path}; {len(train)} train / {len(heldout)} held-out problems; "
-          f"strategy {run.meta.name}; run folder {os.path.abspath(run_dir)}")
-    trainer = Trainer(run, run_dir, model_path, train, heldout)
+    validation = load_validation(run, heldout) if run.eval.temperatures else []
+    print(f"model {model_path}; {len(train)} train / {len(heldout)} held-out problems"
+          + (f" / {len(validation)} validation" if validation else "")
+          + f"; strategy {run.meta.name}; run folder {os.path.abspath(run_dir)}")
+    trainer = Trainer(run, run_dir, model_path, train, heldout, validation)
     ckpt, wandb_id = resume_point(run, run_dir)
     logger = MetricsLogger(run_dir, asdict(run), run.wandb.mode, run.wandb.project,
                            run.wandb.entity,

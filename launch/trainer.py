@@ -54,9 +54,10 @@ class Rollout:
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, run_dir: str, model_path: str, train, heldout):
+    def __init__(self, run: RunConfig, run_dir: str, model_path: str, train, heldout,
+                 validation=()):
         self.run, self.run_dir, self.model_path = run, Path(run_dir), str(model_path)
-        self.train, self.heldout = train, heldout
+        self.train, self.heldout, self.validation = train, heldout, list(validation)
         self.sampler = PromptSampler(len(train), run.seed)
         self.start_step = 0
         self.wandb_id: str | None = None
@@ -100,6 +101,7 @@ class Trainer:
         )["input_ids"][-run.rollout.max_prompt_tokens:]
         self.train_ids = [render(p) for p in self.train]
         self.heldout_ids = [render(p) for p in self.heldout]
+        self.validation_ids = [render(p) for p in self.validation]
         m = run.learner.num_ranks
         self.dashboard = start_ray(run, run.rollout.num_actors + m + 2)
         if self.dashboard:
@@ -342,45 +344,79 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, step: int, greedy_column: bool = False) -> dict[str, float]:
-        """Held-out Avg@k / Pass@k / maj@k, overall, per family and per level (keys eval/...);
-        ``greedy_column``: one argmax response per problem instead (keys eval_greedy/..., the
-        greedy accuracy as avg@1). Each problem's results also go to
-        ``evals/step_NNNNNN[_greedy].jsonl`` in the run folder (``launch.compare`` pairs runs by
-        them)."""
+        """Held-out Avg@k / Pass@k / maj@k, overall, per family and per level (keys eval/...),
+        decoded as eval.temperature and eval.temperature_mode say; ``greedy_column``: one argmax
+        response per problem instead (keys eval_greedy/..., the greedy accuracy as avg@1). Each
+        problem's results also go to ``evals/step_NNNNNN[_greedy].jsonl`` in the run folder
+        (``launch.compare`` pairs runs by them)."""
+        ev = self.run.eval
+        if greedy_column:  # argmax: no temperature (and no draw from the meta actor's RNG)
+            return self._evaluate(step, self.heldout, self.heldout_ids, 1, "eval_greedy",
+                                  "_greedy", base_tau=1.0, greedy=True)
+        greedy = ev.temperature_mode == "greedy"
+        mode = "mean" if ev.temperature_mode == "mean" else "sample"
+        return self._evaluate(step, self.heldout, self.heldout_ids, ev.samples, "eval", "",
+                              base_tau=ev.temperature, greedy=greedy, mode=mode)
+
+    def sweep(self, step: int) -> dict[str, float]:
+        """The held-out test and the validation problems decoded at each of eval.temperatures
+        (every token at that temperature, whatever the strategy) and under the strategy's own
+        policy ('own': its plan and per-token rule, in eval.temperature_mode sample or mean):
+        keys sweep/<test|val>/<t0.6|own>/..., records evals/step_NNNNNN_<split>_<name>.jsonl.
+        One sampling seed for all, so two runs of one seed pair at the same temperature on the
+        same problems with the same random numbers."""
+        from launch.metrics import decoding_name
+
+        ev = self.run.eval
+        if not ev.temperatures:
+            return {}
+        mode = "mean" if ev.temperature_mode == "mean" else "sample"
+        decodings = [(decoding_name(t), t) for t in (None, *ev.temperatures)]
+        out: dict[str, float] = {}
+        for split, problems, ids in (("test", self.heldout, self.heldout_ids),
+                                     ("val", self.validation, self.validation_ids)):
+            for name, temperature in decodings:
+                out.update(self._evaluate(step, problems, ids, ev.samples,
+                                          f"sweep/{split}/{name}", f"_{split}_{name}",
+                                          base_tau=temperature, fixed=temperature is not None,
+                                          mode=mode))
+        return out
+
+    def _evaluate(self, step: int, problems: list, ids: list, k: int, prefix: str, tag: str,
+                  base_tau: float | None, greedy: bool = False, mode: str = "sample",
+                  fixed: bool = False) -> dict[str, float]:
+        """`k` responses per problem, scored; ``base_tau``: every prompt's temperature (None: the
+        meta actor's evaluation plan); ``fixed``: every token at it, the strategy's per-token
+        rule set aside; ``mode``: the strategy's sample | mean. Writes
+        ``evals/step_NNNNNN<tag>.jsonl``; returns the summary as ``<prefix>/...``."""
         import ray
 
         from launch.metrics import groups_of, summarize, write_problem_records
         from reward.extract import last_boxed
 
-        run = self.run
-        k = 1 if greedy_column else run.eval.samples
-        if not self.heldout:
+        if not problems:
             return {}
-        if greedy_column:  # argmax: no temperature (and no draw from the meta actor's RNG)
-            temps = [1.0] * len(self.heldout)
-        elif run.eval.temperature is not None:
-            temps = [run.eval.temperature] * len(self.heldout)
-        else:
-            temps = ray.get(self.meta.plan.remote(step, len(self.heldout), for_eval=True))
-        reqs = [RolloutRequest(self.heldout_ids[i], i, temps[i], p.id, p.task, p.answer, p.level,
-                               p.meta) for i, p in enumerate(self.heldout) for _ in range(k)]
-        greedy = greedy_column or run.eval.temperature_mode == "greedy"
-        mode = "mean" if run.eval.temperature_mode == "mean" and not greedy else "sample"
-        ray.get([a.set_temperature_mode.remote(mode) for a in self.rollout])
-        parts = _split_groups(reqs, len(self.rollout))
-        texts_refs = [a.generate_texts.remote(p, step, eval_seed(run.seed, step), greedy)
-                      for a, p in zip(self.rollout, parts) if p]
-        texts = [t for ts in ray.get(texts_refs) for t in ts]
-        ray.get([a.set_temperature_mode.remote("sample") for a in self.rollout])
+        n = len(problems)
+        temps = ([base_tau] * n if base_tau is not None
+                 else ray.get(self.meta.plan.remote(step, n, for_eval=True)))
+        reqs = [RolloutRequest(ids[i], i, temps[i], p.id, p.task, p.answer, p.level, p.meta)
+                for i, p in enumerate(problems) for _ in range(k)]
+        ray.get([a.set_decoding.remote("sample" if greedy else mode,
+                                       base_tau if fixed else None) for a in self.rollout])
+        try:
+            parts = _split_groups(reqs, len(self.rollout))
+            texts_refs = [a.generate_texts.remote(p, step, eval_seed(self.run.seed, step), greedy)
+                          for a, p in zip(self.rollout, parts) if p]
+            texts = [t for ts in ray.get(texts_refs) for t in ts]
+        finally:
+            ray.get([a.set_decoding.remote("sample") for a in self.rollout])
         items = [(q.task, t, q.answer, q.meta) for q, t in zip(reqs, texts)]
         rewards = ray.get(self.reward.score_texts.remote(items))
         records = [{"correct": rewards[i * k:(i + 1) * k],
                     "answers": [last_boxed(t) for t in texts[i * k:(i + 1) * k]],
-                    "groups": groups_of(p)} for i, p in enumerate(self.heldout)]
-        tag = "_greedy" if greedy_column else ""
+                    "groups": groups_of(p)} for i, p in enumerate(problems)]
         write_problem_records(self.run_dir / "evals" / f"step_{step:06d}{tag}.jsonl",
-                              [{"problem_id": p.id, **r} for p, r in zip(self.heldout, records)])
-        prefix = "eval_greedy" if greedy_column else "eval"
+                              [{"problem_id": p.id, **r} for p, r in zip(problems, records)])
         return {f"{prefix}/{key}": v
                 for key, v in summarize(records, ks=tuple(sorted({1, k}))).items()}
 
@@ -514,6 +550,7 @@ class Trainer:
                     metrics.update(self.evaluate(step + 1))
                 if step + 1 == total:
                     metrics.update(self.evaluate_all(step + 1))
+                    metrics.update(self.sweep(step + 1))
                 every = run.trainer.save_every
                 if every and ((step + 1) % every == 0 or step + 1 == total):
                     self.save(step)

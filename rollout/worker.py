@@ -65,6 +65,8 @@ class RolloutWorker:
         torch.manual_seed(seed + worker_index)
         self.engine = build_engine(model_path, strategy, cfg, dtype, seed + worker_index,
                                    weight_sync)
+        self.strategy = strategy
+        """the run's strategy (``set_decoding`` may have the engine sample with another)"""
         self.weight_version = 0
         """learner updates the engine's weights have had (0 = the model folder's); set by the
         trainer with each weight sync, stamped on every batch (TrajectoryBatch.policy_version)"""
@@ -136,14 +138,20 @@ class RolloutWorker:
         with self._engine_call():
             self.engine.shutdown_weight_transfer()
 
-    def set_temperature_mode(self, mode: str) -> None:
-        """Evaluation option: 'sample' (draw) or 'mean' (the mean action), for a strategy with
-        that mode (``strategy.temperature_modes``); the others sample as always."""
-        strategy = self.engine.strategy
-        if mode in strategy.temperature_modes:
+    def set_decoding(self, mode: str = "sample", temperature: float | None = None) -> None:
+        """Evaluation: with ``temperature``, every token at that one temperature whatever the
+        run's strategy (IntroLLM's head, EAD and EDT set aside); without, the run's strategy
+        again, in ``mode`` 'sample' (draw) or 'mean' (the mean action) where it has that mode
+        (``strategy.temperature_modes``; the others sample as always)."""
+        from meta.heuristics import FixedTemperature
+
+        strategy = self.strategy if temperature is None else FixedTemperature(temperature)
+        if temperature is None and mode in strategy.temperature_modes:
             strategy.set_temperature_mode(mode)
-            with self._engine_call():  # the vLLM engine's workers rebuild it from its spec
-                self.engine.set_strategy(strategy)
+        elif strategy is self.engine.strategy:
+            return  # nothing to change
+        with self._engine_call():  # the vLLM engine's workers rebuild it from its spec
+            self.engine.set_strategy(strategy)
 
     @contextlib.contextmanager
     def _engine_call(self):

@@ -86,13 +86,28 @@ def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, tiny_mod
              "rollout.max_new_tokens=32", "data.train_size=200", "data.eval_size=20",
              "eval.samples=2", "rollout=hf", "cluster.dashboard=false", "reward.num_workers=1",
              f"model.path={tiny_model_dir}"]
-    args = ["--seeds", "0", "--only", "fixed-1.0", "tampo", "--out", str(tmp_path), "--", *small]
+    args = ["--seeds", "0", "--only", "fixed-1.0", "tampo", "--out", str(tmp_path),
+            "--eval-temperatures", "0.7", "1.0", "--val-size", "6", "--", *small]
     assert main(args) == 0
     md = (tmp_path / "comparison.md").read_text()
     assert "| fixed-1.0 | 1 |" in md and "| tampo | 1 |" in md
     assert "| tampo | " in md.split("Paired differences to **fixed-1.0**")[1]  # from real runs
-    assert json.loads((tmp_path / "comparison.json").read_text())["paired"]["tampo"]["greedy"]
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    assert data["paired"]["tampo"]["greedy"]
+    assert set(data["matched"]["tampo"]) == {"t0.7", "t1"} and data["tuned"]["choice"]["tampo"]
+    assert "## Matched decoding" in md and "## Tuned decoding" in md
+    assert data["budgets"]["tampo"][0]["theta_updates"] == 2.0
     assert (tmp_path / "tampo-s0" / "report.md").exists()
+    # the sweep of a run done before it: added from its last checkpoint by launch.evaluate,
+    # the same records as the run's own final sweep (same weights, same sampling seed)
+    evals = tmp_path / "tampo-s0" / "evals"
+    swept = {p.name: p.read_text() for p in evals.glob("step_*_*_*.jsonl")}
+    assert len(swept) == 6  # test and validation x own, 0.7, 1.0
+    for name in swept:
+        (evals / name).unlink()
     capsys.readouterr()
     assert main(args) == 0  # everything done before: reused, not run again
-    assert capsys.readouterr().out.count("done before, reused") == 2
+    out = capsys.readouterr().out
+    assert out.count("done before, reused") == 2 and out.count("launch.evaluate") == 1
+    again = tmp_path / "tampo-s0" / "sweep" / "evals"
+    assert {p.name: p.read_text() for p in again.glob("step_*_*_*.jsonl")} == swept

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from launch.config import ConfigError, RunConfig, build_strategy, strategy_kwargs, validate
+from launch import config
+from launch.config import ConfigError, RunConfig, build_strategy, strategy_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -21,9 +21,7 @@ def options(group: str) -> list[str]:
 
 
 def compose_run(*overrides: str) -> RunConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return validate(cfg)
+    return config.compose_run(overrides)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

@@ -24,7 +24,7 @@ class FakeActor:
             return [r"\boxed{1}"] * len(reqs)
 
         self.generate_texts = _Remote(generate_texts)
-        self.set_temperature_mode = _Remote(lambda mode: None)
+        self.set_decoding = _Remote(lambda mode, temperature=None: None)
         self.score_texts = _Remote(lambda items: [0.0] * len(items))
         self.plan = _Remote(lambda step, n, for_eval=False: [1.0] * n)
 

@@ -245,19 +245,6 @@ class MethodClock:
         return out
 
 
-def compose_run(overrides: Sequence[str]):
-    """A validated RunConfig from the repository's conf/ and Hydra ``overrides``, as
-    ``launch.run`` composes it."""
-    from hydra import compose, initialize_config_dir
-
-    from launch.config import validate
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return validate(cfg)
-
-
 def candidate_temperatures(k: int) -> list[float]:
     """K TAMPO candidates evenly spaced over [0.6, 1.5] (the default candidate range)."""
     return [round(0.6 + 0.9 * i / max(1, k - 1), 4) for i in range(k)]

@@ -154,7 +154,8 @@ def bench_sync(args) -> dict:
 
 def _one_size(size: str, paths: list[str], args) -> dict:
     """A fresh system over the ``size`` model; ``args.reps`` counted syncs per path."""
-    from launch.bench.harness import RANDOM_MODELS, compose_run, model_bytes, random_model, schedule
+    from launch.bench.harness import RANDOM_MODELS, model_bytes, random_model, schedule
+    from launch.config import compose_run
     from launch.trainer import Trainer
 
     model = random_model(size)

@@ -55,7 +55,7 @@ def add_trl_parser(sub) -> None:
 
 def our_config(args, run_dir: str):
     """Our RunConfig for the benchmark (Hydra composition of conf/, as ``launch.run`` does)."""
-    from launch.bench.harness import compose_run
+    from launch.config import compose_run
 
     return compose_run(["+experiment=fixed", "meta.temperature=1.0", f"seed={args.seed}",
                  f"trainer.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
