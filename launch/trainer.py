@@ -371,7 +371,9 @@ class Trainer:
         if not ev.temperatures:
             return {}
         mode = "mean" if ev.temperature_mode == "mean" else "sample"
-        decodings = [(decoding_name(t), t) for t in (None, *ev.temperatures)]
+        # own last: it follows a swap of the strategy and back (its records equal the eval/
+        # rule's where that decodes as the strategy's plan does: IntroLLM's tau_0 = 1.0)
+        decodings = [(decoding_name(t), t) for t in (*ev.temperatures, None)]
         out: dict[str, float] = {}
         for split, problems, ids in (("test", self.heldout, self.heldout_ids),
                                      ("val", self.validation, self.validation_ids)):

@@ -230,12 +230,12 @@ def test_the_trainer_sweeps_test_and_validation_at_each_temperature(monkeypatch,
         f"sweep/{s}/{d}/all/avg@2" for s in ("test", "val") for d in ("own", "t0.6", "t1")}
     gens = [e for e in log if e[0] == "generate"]
     assert [(taus, n) for _, taus, n, _ in gens] == [
-        ({0.7}, 8), ({0.6}, 8), ({1.0}, 8), ({0.7}, 6), ({0.6}, 6), ({1.0}, 6)]
+        ({0.6}, 8), ({1.0}, 8), ({0.7}, 8), ({0.6}, 6), ({1.0}, 6), ({0.7}, 6)]
     assert len({seed for *_, seed in gens}) == 1  # one sampling seed: arms pair at a τ
     decodes = [e[1:] for e in log if e[0] == "decode"]
     # own: the strategy's own rule; a temperature: every token at it; restored after each
-    assert decodes[:6] == [("sample", None), ("sample", None), ("sample", 0.6),
-                           ("sample", None), ("sample", 1.0), ("sample", None)]
+    assert decodes[:6] == [("sample", 0.6), ("sample", None), ("sample", 1.0),
+                           ("sample", None), ("sample", None), ("sample", None)]
     for s in ("test", "val"):
         for d in ("own", "t0.6", "t1"):
             assert decoding.sweep_records(tmp_path, s, d)

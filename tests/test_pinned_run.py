@@ -37,7 +37,7 @@ UPDATE_ENV = "TEMPO_UPDATE_PINNED"
 PIN_SPEC_KW = {**QUICK_SPEC_KW, "sft_examples": 4000, "sft_steps": 300, "batch_size": 16}
 RUN = ("learner.num_ranks=2", "learner.zero_stage=3", "trainer.total_steps=4",
        "data.levels=[1]", "data.families=[arith]", "reward.format_weight=0.5",
-       "wandb.mode=disabled")
+       "wandb.mode=disabled", "eval.temperatures=[0.7]", "data.val_size=8")
 VOLATILE = ("timing_s/", "perf/", "rollout/gen_s", "reward/wall_s")
 """measured, not reproduced: wall-clock times and what derives from them"""
 
@@ -72,6 +72,12 @@ def test_a_seeded_run_repeats_the_pinned_numbers_bit_for_bit(tmp_path, pin_model
     assert [int(s) for s in got] == [0, 1, 2, 3, 4]
     assert all(got[s]["critic/score/mean"] > 0 for s in "1234")  # rewards vary: real updates
     assert all(got[s].get("actor/grad_norm", got[s].get("phi/grad_norm")) > 0 for s in "1234")
+    # the final sweep on vLLM: every token at 0.7 (the head set aside), then IntroLLM's own
+    # policy again, which decodes as the eval/ rule does (tau_0 = 1.0, the same sampling seed)
+    last = got["4"]
+    for m in ("avg@2", "pass@2", "maj@2"):
+        assert last[f"sweep/test/own/all/{m}"] == last[f"eval/all/{m}"]
+    assert last["sweep/val/t0.7/all/n"] == 8 and "sweep/test/t0.7/all/avg@2" in last
     if os.environ.get(UPDATE_ENV) == "1":
         PINNED.parent.mkdir(exist_ok=True)
         PINNED.write_text(json.dumps({"run": list(RUN), "model": PIN_SPEC_KW, "steps": got},
