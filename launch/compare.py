@@ -87,14 +87,14 @@ def run_one(out: Path, name: str, seed: int, overrides: str, extra: list[str],
     reused run that lacks it gets it from ``launch.evaluate`` on its last checkpoint, into
     ``<run>/sweep``."""
     run_dir = out / f"{name}-s{seed}"
-    args = [*shlex.split(overrides), f"seed={seed}"]
+    # the arm's own overrides after the shared ones: they win (e.g. its budget's total_steps)
+    args = [*extra, *shlex.split(overrides), f"seed={seed}", *sweep]
     if (run_dir / "final_metrics.json").exists():
         print(f"[compare] {run_dir.name}: done before, reused")
     else:
-        _call(run_dir, "launch.run", [*args, f"hydra.run.dir={run_dir}", *extra, *sweep],
-              run_dir / "compare.log")
+        _call(run_dir, "launch.run", [*args, f"hydra.run.dir={run_dir}"], run_dir / "compare.log")
     if sweep and not has_sweep(run_dir, decodings_of(sweep)):
-        _call(run_dir, "launch.evaluate", [*args, *extra, *sweep, f"eval.checkpoint={run_dir}",
+        _call(run_dir, "launch.evaluate", [*args, f"eval.checkpoint={run_dir}",
                                            f"hydra.run.dir={run_dir / 'sweep'}"],
               run_dir / "sweep.log")
     return run_dir
@@ -141,7 +141,7 @@ def budget_overrides(name: str, overrides: str, extra: list[str], equal: str
     from launch.config import compose_run
     from launch.decoding import steps_for_theta_updates
 
-    run = compose_run([*shlex.split(overrides), *extra])
+    run = compose_run([*extra, *shlex.split(overrides)])
     steps = steps_for_theta_updates(run, run.trainer.total_steps)
     if steps == run.trainer.total_steps:
         return overrides, name

@@ -152,6 +152,17 @@ def test_equal_theta_updates_doubles_an_alternating_runs_steps():
     assert steps(compose_run("+experiment=tampo"), 120) == 120
 
 
+def test_equal_theta_updates_runs_introllm_longer_in_its_own_folder():
+    from launch.compare import DEFAULT_SET, budget_overrides
+
+    intro = DEFAULT_SET["introllm"]
+    assert budget_overrides("introllm", intro, [], "responses") == (intro, "introllm")
+    assert budget_overrides("introllm", intro, ["trainer.total_steps=10"], "theta-updates") == (
+        f"{intro} trainer.total_steps=20", "introllm-steps20")
+    fixed = DEFAULT_SET["fixed-0.8"]
+    assert budget_overrides("fixed-0.8", fixed, [], "theta-updates") == (fixed, "fixed-0.8")
+
+
 def test_sweep_overrides_name_the_decodings():
     sweep = sweep_overrides([0.6, 1.0], 250)
     assert sweep == ["eval.temperatures=[0.6,1]", "data.val_size=250"]
