@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -111,6 +112,37 @@ def _arith(rng: random.Random, level: int) -> tuple[str, str, str, dict] | None:
     prompt = f"Compute {expr.text}."
     solution = " ".join(steps) + f" \\boxed{{{expr.value}}}"
     return prompt, str(expr.value), solution, {}
+
+
+def left_to_right_solution(expression: str) -> str:
+    """A careless worked solution of ``expression`` (+ - * and parentheses): every operator in
+    reading order, precedence ignored (parentheses still first), e.g. ``3+4*2`` -> ``3+4=7.
+    7*2=14. \\boxed{14}``. The embedded model's pre-training mixes such solutions in
+    (``TinyModelSpec.sft_left_to_right``): a verifiable flaw that RL can correct only by sampling
+    the precedence-respecting first step the model rarely takes."""
+    tokens = re.findall(r"\d+|[-+*()]", expression)
+    steps: list[str] = []
+
+    def group(i: int) -> tuple[int, int]:  # value of the sequence starting at i, index after
+        value, i = atom(i)
+        while i < len(tokens) and tokens[i] != ")":
+            op = tokens[i]
+            right, i = atom(i + 1)
+            new = _apply(value, op, right)
+            steps.append(_step_text(value, op, right, new))
+            value = new
+        return value, i
+
+    def atom(i: int) -> tuple[int, int]:
+        if tokens[i] == "(":
+            value, i = group(i + 1)
+            return value, i + 1  # past ")"
+        return int(tokens[i]), i + 1
+
+    value, end = group(0)
+    if end != len(tokens):
+        raise ValueError(f"unbalanced expression {expression!r}")
+    return " ".join(steps) + f" \\boxed{{{value}}}"
 
 
 # ----------------------------------------------------------------------------- countdown

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -63,6 +64,10 @@ class TinyModelSpec:
     """generated (train split) worked solutions used for pre-training"""
     sft_steps: int = 1500
     """0 = random weights (e.g. a larger model for ``launch.bench rollout --model``)"""
+    sft_left_to_right: float = 0.0
+    """fraction of arithmetic worked solutions written carelessly, every operator in reading
+    order (``data.synthetic.left_to_right_solution``): a flaw the verifier penalises wherever
+    precedence changes the answer, for RL to correct"""
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -110,10 +115,13 @@ def ensure_tiny_model(spec: TinyModelSpec = TinyModelSpec(), cache_dir: str | No
 
 def sft_texts(spec: TinyModelSpec) -> list[tuple[str, str]]:
     """(prompt text with chat template, response text) pairs for pre-training."""
-    from data.synthetic import generate
+    from data.synthetic import generate, left_to_right_solution
 
     problems = generate(spec.sft_examples, "train", seed=spec.seed)
-    return [(render_chat(p.prompt), p.solution) for p in problems]
+    rng = random.Random(f"{spec.seed}-left-to-right")
+    careless = [p.task == "arith" and rng.random() < spec.sft_left_to_right for p in problems]
+    return [(render_chat(p.prompt), left_to_right_solution(p.prompt[len("Compute "):-1])
+             if bad else p.solution) for p, bad in zip(problems, careless)]
 
 
 def render_chat(question: str) -> str:

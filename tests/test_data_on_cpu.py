@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from data.loaders import DataError, load_problems
-from data.synthetic import FAMILIES, LEVELS, generate
+from data.synthetic import FAMILIES, LEVELS, generate, left_to_right_solution
 from reward.score import score
 
 
@@ -112,3 +112,30 @@ def test_too_many_bad_rows_is_an_error_naming_the_fix(tmp_path):
         load_problems(tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="suffix"):
         load_problems(write_jsonl(tmp_path / "x.csv", ["a,b"]))
+
+
+def test_left_to_right_solutions_ignore_precedence_but_not_parentheses():
+    from reward.extract import last_boxed
+
+    assert left_to_right_solution("3+4*2") == r"3+4=7. 7*2=14. \boxed{14}"
+    assert left_to_right_solution("2*(3+4*5)") == r"3+4=7. 7*5=35. 2*35=70. \boxed{70}"
+    assert left_to_right_solution("12-3*(4-1)") == r"12-3=9. 4-1=3. 9*3=27. \boxed{27}"
+    arith = [p for p in generate(400, "train") if p.task == "arith"]
+    careless = [last_boxed(left_to_right_solution(p.prompt[len("Compute "):-1])) for p in arith]
+    wrong = [p for p, a in zip(arith, careless) if score(p.task, rf"\boxed{{{a}}}", p.answer,
+                                                         p.meta) < 1.0]
+    assert 0 < len(wrong) < len(arith)  # only where precedence changes the answer
+    assert all(p.level >= 2 for p in wrong)
+
+
+def test_the_careless_fraction_of_pretraining_solutions():
+    from launch.build_model import TinyModelSpec, sft_texts
+
+    clean = sft_texts(TinyModelSpec(sft_examples=600))
+    mixed = sft_texts(TinyModelSpec(sft_examples=600, sft_left_to_right=0.8))
+    assert [q for q, _ in clean] == [q for q, _ in mixed]
+    changed = [(q, a) for (q, a), (_, b) in zip(clean, mixed) if a != b]
+    assert changed and all("Compute" in q for q, _ in changed)
+    sensitive = sum(1 for q, a in clean if "Compute" in q and a != left_to_right_solution(
+        q.split("Compute ")[1].split(".<|im_end|>")[0]))
+    assert 0.7 * sensitive < len(changed) < 0.9 * sensitive
