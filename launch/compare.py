@@ -311,7 +311,11 @@ def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | 
         tuned = decoding.tuned(runs, seeds, baseline, decodings, reps)
         curves = decoding.plot_curves(out, runs, list(temperatures))
         record.update({"decodings": decodings, "matched": match, "tuned": tuned})
-        text += [f"## Matched decoding: each strategy − **{baseline}**, both decoding every "
+        text += ["## Test accuracy at each decoding", "",
+                 "Held-out test Avg@k / Pass@k of each strategy's final model decoded at each "
+                 "shared temperature (every token at it) and under its own policy (`own`), mean "
+                 "over seeds:", "", decoding.scores_table(runs, decodings, k), "",
+                 f"## Matched decoding: each strategy − **{baseline}**, both decoding every "
                  "token at the same temperature", "",
                  "The same held-out test problems, the same temperature, the same sampling seed, "
                  "paired problem by problem within a seed; 95 % interval of a paired bootstrap "

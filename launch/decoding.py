@@ -194,6 +194,25 @@ def tuned_table(result: dict, baseline: str | None, k: str) -> str:
     return "\n".join(lines)
 
 
+def scores_table(runs: dict[str, list[Path]], decodings: list[str], k: str) -> str:
+    """Markdown: per arm, test Avg@k / Pass@k at every decoding, mean over seeds (± the
+    standard deviation over seeds where there are several)."""
+    from launch.analyze import mean_std
+
+    head = ["strategy"] + [f"{d} Avg@{k} / Pass@{k}" for d in decodings]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, dirs in runs.items():
+        cells = [name]
+        for d in decodings:
+            parts = []
+            for m in TUNED_METRICS:
+                mu, sd = mean_std([mean_score(sweep_records(r, "test", d), m) for r in dirs])
+                parts.append(f"{mu:.3f}" + (f" ± {sd:.3f}" if len(dirs) > 1 else ""))
+            cells.append(" / ".join(parts))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def budget_table(budgets: dict[str, list[dict[str, float]]]) -> str:
     cols = [("steps", "steps", "{:.0f}"), ("theta_updates", "θ updates", "{:.0f}"),
             ("phi_updates", "φ updates", "{:.0f}"), ("responses", "responses", "{:.0f}"),

@@ -197,6 +197,9 @@ def test_the_comparison_reports_matched_tuned_and_budgets(tmp_path):
     assert data["matched"]["introllm"]["t0.6"]["avg"]["diff"] == pytest.approx(0.1)
     assert data["tuned"]["choice"]["introllm"]["avg"] == "t0.6"
     assert "## Matched decoding" in md and "## Tuned decoding" in md and "## Budgets" in md
+    # test Avg@k / Pass@k at own, t0.6, t1 (all k samples right or none: Avg@k = Pass@k)
+    assert ("| introllm | 0.700 ± 0.000 / 0.700 ± 0.000 | 0.600 ± 0.000 / 0.600 ± 0.000 | "
+            "0.500 ± 0.000 / 0.500 ± 0.000 |") in md
     assert "(confounded by decoding temperature)" in md
     assert "| introllm | 4 | 2 | 2 | 64 |" in md  # steps, θ updates, φ updates, responses
     assert (tmp_path / "decoding.png").stat().st_size > 5000
