@@ -140,7 +140,7 @@ def test_micro_batching_equals_one_big_batch(tiny_model_dir, engine, batch, loss
     if extra:
         assert s1["actor/kl_loss"] > 0 and s1["actor/entropy_loss"] > 0  # both terms were on
         assert s1["actor/optimizer_steps"] == 2
-    assert max_diff(p1, p2) < 1e-5
+    assert max_diff(p1, p2) < 1e-4  # Adam's first step ~ lr * sign(g): see the 2-rank test
 
 
 def test_phi_step_changes_only_the_head_and_favours_good_temperature_actions(
@@ -468,7 +468,7 @@ def test_zero3_loads_partitioned_and_takes_the_plain_step(tiny_model_dir, engine
     (a, wa), (b, wb) = _theta_step(plain, batch), _theta_step(zero3, batch)
     for key in ("actor/pg_loss", "actor/grad_norm"):
         assert b[key] == pytest.approx(a[key], rel=1e-5), key
-    assert max_diff(wa, wb) < 1e-6
+    assert max_diff(wa, wb) < 1e-4  # Adam's first step ~ lr * sign(g): see the 2-rank test
 
 
 def test_zero3_loads_a_folder_whose_names_transformers_converts(tiny_model_dir, engine, tmp_path):
