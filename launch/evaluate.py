@@ -32,14 +32,13 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
     eval_results.json in `run_dir` and returns the metrics."""
     import ray
 
-    from launch.checkpoint import checkpoint_weights, find_checkpoint
+    from launch.checkpoint import checkpoint_weights, find_checkpoint, model_dir
     from launch.config import ConfigError
     from launch.inputs import load_data, load_validation, resolve_model_path
     from launch.metrics import format_table
     from launch.model_export import read_policy
     from launch.trainer import Trainer
 
-    model_path = resolve_model_path(run)
     _, heldout = load_data(run)
     if not heldout:
         raise ConfigError("the configured data has no held-out problems (data.eval_size=0 or no "
@@ -48,6 +47,10 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
         raise ConfigError("eval.checkpoint (auto) must be a checkpoint or run folder path; "
                           "e.g. eval.checkpoint=runs/NAME/checkpoints/step_000120")
     ckpt = find_checkpoint(Path(run_dir), run.eval.checkpoint) if run.eval.checkpoint else None
+    # a checkpoint is a model folder (config, tokenizer, weights): with the embedded model
+    # (model.path=null) it is the one the run trained, even after the embedded default changed
+    model_path = (model_dir(ckpt) if ckpt is not None and run.model.path is None
+                  else resolve_model_path(run))
     sweep = bool(run.eval.temperatures)
     validation = load_validation(run, heldout) if sweep else []
     trainer = Trainer(run, run_dir, model_path, [], heldout, validation)

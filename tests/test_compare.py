@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from launch.compare import final_numbers, main, table, write_comparison
 from launch.metrics import write_problem_records
 from tests.test_analyze_on_cpu import _write_run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fake_run(root, name, avg, seconds=100.0, correct=None):
@@ -111,3 +117,15 @@ def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, tiny_mod
     assert out.count("done before, reused") == 2 and out.count("launch.evaluate") == 1
     again = tmp_path / "tampo-s0" / "sweep" / "evals"
     assert {p.name: p.read_text() for p in again.glob("step_*_*_*.jsonl")} == swept
+    # a checkpoint is its own model folder: with model.path=null launch.evaluate takes it
+    # rather than building the embedded model (which would take minutes, into an empty cache)
+    cache = tmp_path / "cache"
+    small_null = [o for o in small if not o.startswith("model.path=")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.evaluate", *small_null, "+experiment=tampo", "seed=0",
+         f"eval.checkpoint={tmp_path / 'tampo-s0'}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "TEMPO_CACHE": str(cache)},
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    got = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert got["model"].endswith("step_000002/model") and not cache.exists()
