@@ -34,7 +34,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when the build procedure changes, so cached models are rebuilt
+BUILD_VERSION = 2  # bump when the build procedure or its data change, so cached models are rebuilt
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN2_SPLIT_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
