@@ -50,6 +50,16 @@ def load_dumps(run_dir: Path, from_step: int = 0) -> list[dict]:
     return rows
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close a matplotlib figure; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     m = sum(xs) / len(xs)
@@ -368,10 +378,7 @@ def make_plots(run_dir: Path, metrics: list[dict], half: int,
         if isinstance(fig, str):
             skipped[name] = fig
         elif fig is not None:
-            made[name] = out_dir / f"{name}.png"
-            fig.tight_layout()
-            fig.savefig(made[name], dpi=110)
-            plt.close(fig)
+            made[name] = save_figure(fig, out_dir / f"{name}.png")
     return made, skipped
 
 

@@ -254,7 +254,7 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
 
 def plot(out: Path, runs: dict[str, list[Path]]) -> Path:
     """Held-out accuracy and mean τ over steps, one line per strategy (mean over seeds)."""
-    from launch.analyze import _plt, heldout_curve, load_metrics, series
+    from launch.analyze import _plt, heldout_curve, load_metrics, save_figure, series
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -271,11 +271,7 @@ def plot(out: Path, runs: dict[str, list[Path]]) -> Path:
     axes[0].set(xlabel="step", ylabel="held-out Avg@k", title="held-out accuracy (mean over seeds)")
     axes[1].set(xlabel="step", ylabel="mean τ", title="mean sampling temperature")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "comparison.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "comparison.png")
 
 
 def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | None = None,

@@ -231,7 +231,7 @@ def budget_table(budgets: dict[str, list[dict[str, float]]]) -> str:
 def plot_curves(out: Path, runs: dict[str, list[Path]], temperatures: list[str]) -> Path:
     """Test Avg@k and Pass@k against decoding τ, one line per arm (mean over seeds); the arm's
     own policy as a dashed level line."""
-    from launch.analyze import _plt
+    from launch.analyze import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -248,8 +248,4 @@ def plot_curves(out: Path, runs: dict[str, list[Path]], temperatures: list[str])
         ax.set(xlabel="decoding temperature (every token)", ylabel=f"held-out {title}",
                title=f"{title} against decoding τ (dashed: own policy)")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "decoding.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "decoding.png")
