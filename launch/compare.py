@@ -414,9 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ([f"data.eval_size={args.eval_size}"] if args.eval_size is not None else []) + (
         [f"eval.samples={args.eval_samples}"] if args.eval_samples is not None else [])
     args.seeds = list(dict.fromkeys(args.seeds))  # a seed given twice is one run
-    if any(t <= 0 for t in args.eval_temperatures) or args.val_size < 0:
-        ap.error(f"--eval-temperatures {args.eval_temperatures} must be > 0 and --val-size "
-                 f"({args.val_size}) >= 0")
+    if any(t <= 0 for t in args.eval_temperatures):
+        ap.error(f"--eval-temperatures {args.eval_temperatures} must all be > 0")
+    if args.eval_temperatures and args.val_size < 1:
+        ap.error(f"--val-size ({args.val_size}) must be >= 1 with --eval-temperatures: each "
+                 "arm's decoding is tuned on validation problems (give --eval-temperatures "
+                 "with no values for none)")
     temps = list(dict.fromkeys(args.eval_temperatures))
     sweep = sweep_overrides(temps, args.val_size)
     out = Path(args.out)

@@ -62,9 +62,11 @@ def validation_scores(run_dirs: list[Path], decodings: list[str], metric: str
         if any(g is None for g in got):
             raise ValueError(f"{[str(r) for r, g in zip(run_dirs, got) if g is None]} have no "
                              f"validation records at {d}; run the comparison with "
-                             "--eval-temperatures and --val-size > 0")
+                             "--eval-temperatures and --val-size > 0 (synthetic data) or "
+                             "data.val_path (local files)")
         if any(not g for g in got):
-            raise ValueError("the validation split is empty; set --val-size > 0")
+            raise ValueError("the validation split is empty; set --val-size > 0 (synthetic "
+                             "data) or data.val_path (local files)")
         out[d] = float(np.mean([mean_score(g, metric) for g in got]))
     return out
 

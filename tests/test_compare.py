@@ -84,6 +84,9 @@ def test_bad_set_and_only_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--only", "nope"])
     assert "not in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--val-size", "0"])
+    assert "--val-size (0) must be >= 1 with --eval-temperatures" in capsys.readouterr().err
 
 
 @pytest.mark.slow
