@@ -97,6 +97,11 @@ def run_one(out: Path, name: str, seed: int, overrides: str, extra: list[str],
         _call(run_dir, "launch.evaluate", [*args, f"eval.checkpoint={run_dir}",
                                            f"hydra.run.dir={run_dir / 'sweep'}"],
               run_dir / "sweep.log")
+        if not has_sweep(run_dir, decodings_of(sweep)):
+            raise RuntimeError(f"{run_dir.name}: launch.evaluate left no test and validation "
+                               f"records at every one of {decodings_of(sweep)}; does the "
+                               "data have validation problems (data.val_path for local "
+                               f"files)? See {run_dir / 'sweep.log'}")
     return run_dir
 
 
@@ -313,10 +318,11 @@ def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | 
                  "over seeds:", "", decoding.scores_table(runs, decodings, k), "",
                  f"## Matched decoding: each strategy − **{baseline}**, both decoding every "
                  "token at the same temperature", "",
-                 "The same held-out test problems, the same temperature, the same sampling seed, "
-                 "paired problem by problem within a seed; 95 % interval of a paired bootstrap "
-                 "over problems and seeds (* = excludes 0). A learned temperature's own choices "
-                 "are set aside here: this compares the trained weights θ.", "",
+                 "The same held-out test problems, the same temperature and (for runs of equal "
+                 "steps) the same sampling seed, paired problem by problem within a seed; 95 % "
+                 "interval of a paired bootstrap over problems and seeds (* = excludes 0). A "
+                 "learned temperature's own choices are set aside here: this compares the "
+                 "trained weights θ.", "",
                  decoding.matched_table(match, baseline, k), "",
                  "## Tuned decoding: each strategy at its best decoding, chosen on validation",
                  "", "Per strategy and metric, the decoding (a shared temperature, or `own`: the "
@@ -422,6 +428,14 @@ def main(argv: list[str] | None = None) -> int:
                  "with no values for none)")
     temps = list(dict.fromkeys(args.eval_temperatures))
     sweep = sweep_overrides(temps, args.val_size)
+    if sweep:  # local files: the validation problems are the user's (data.val_path)
+        from launch.config import compose_run
+
+        data = compose_run([*sizes, *extra, *shlex.split(next(iter(strategies.values())))]).data
+        if data.source != "synthetic" and not data.val_path:
+            ap.error(f"data.source={data.source} has no validation problems: pass "
+                     "-- data.val_path=/path/to/val.jsonl (disjoint from data.eval_path), or "
+                     "--eval-temperatures with no values for no tuned comparison")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {}

@@ -16,7 +16,6 @@ adds later into ``<run>/sweep/``). From those records:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -39,6 +38,16 @@ def sweep_records(run_dir: Path, split: str, decoding: str) -> dict[str, list[fl
         if got is not None:
             return got
     return None
+
+
+def records(run_dir: Path, split: str, decoding: str) -> dict[str, list[float]]:
+    """``sweep_records``, or a ValueError that names the run, the records and the fix."""
+    got = sweep_records(run_dir, split, decoding)
+    if got is None:
+        raise ValueError(f"{run_dir} has no {split} records at {decoding} "
+                         f"(evals/step_*_{split}_{decoding}.jsonl); rerun launch.compare with "
+                         "this --eval-temperatures, which adds them from the run's checkpoint")
+    return got
 
 
 def has_sweep(run_dir: Path, decodings: Iterable[str]) -> bool:
@@ -80,8 +89,8 @@ def _pair(arm: list[Path], base: list[Path], seeds: list[int], decoding: str,
           base_decoding: str, metric: str, reps: int) -> dict:
     from launch.paired import paired_bootstrap, paired_differences
 
-    a = {s: sweep_records(r, "test", decoding) for s, r in zip(seeds, arm)}
-    b = {s: sweep_records(r, "test", base_decoding) for s, r in zip(seeds, base)}
+    a = {s: records(r, "test", decoding) for s, r in zip(seeds, arm)}
+    b = {s: records(r, "test", base_decoding) for s, r in zip(seeds, base)}
     return paired_bootstrap(paired_differences(a, b, metric), reps)
 
 
@@ -104,7 +113,7 @@ def tuned(runs: dict[str, list[Path]], seeds: list[int], baseline: str | None,
     val = {name: {m: validation_scores(dirs, decodings, m) for m in TUNED_METRICS}
            for name, dirs in runs.items()}
     choice = {name: {m: tune(val[name][m]) for m in TUNED_METRICS} for name in runs}
-    test = {name: {m: float(np.mean([mean_score(sweep_records(r, "test", choice[name][m]), m)
+    test = {name: {m: float(np.mean([mean_score(records(r, "test", choice[name][m]), m)
                                      for r in dirs])) for m in TUNED_METRICS}
             for name, dirs in runs.items()}
     out = {"choice": choice, "val": val, "test": test}
@@ -125,21 +134,21 @@ def tuned_baseline(runs: dict[str, list[Path]], decodings: list[str]) -> str:
 
 def budget(run_dir: Path) -> dict[str, float]:
     """What the run was given, from its logged steps: θ and φ optimizer updates, responses
-    generated, tokens generated, tokens in θ updates, wall-clock seconds."""
+    generated, tokens generated, tokens in θ updates, and the steps' wall-clock seconds
+    (evaluations, start-up and the final sweep left out: they differ between runs for reasons
+    other than training)."""
     from launch.analyze import load_metrics
 
     rows = [r for r in load_metrics(run_dir) if r.get("step", 0) >= 1
             and "reward/num_items" in r]  # a training step's row (step 0: the base evaluation)
     theta = [r for r in rows if r.get("actor/optimizer_steps", 0) > 0]
-    fm = Path(run_dir) / "final_metrics.json"
-    seconds = json.loads(fm.read_text()).get("seconds") if fm.exists() else None
     return {"steps": float(len(rows)),
             "theta_updates": sum(r.get("actor/optimizer_steps", 0.0) for r in rows),
             "phi_updates": sum(r.get("phi/optimizer_steps", 0.0) for r in rows),
             "responses": sum(r.get("reward/num_items", 0.0) for r in rows),
             "tokens": sum(r.get("rollout/gen_tokens", 0.0) for r in rows),
             "theta_tokens": sum(r.get("rollout/gen_tokens", 0.0) for r in theta),
-            "seconds": float("nan") if seconds is None else float(seconds)}
+            "seconds": sum(r.get("timing_s/step", 0.0) for r in rows)}
 
 
 def steps_for_theta_updates(run, updates: int) -> int:
@@ -208,7 +217,7 @@ def scores_table(runs: dict[str, list[Path]], decodings: list[str], k: str) -> s
         for d in decodings:
             parts = []
             for m in TUNED_METRICS:
-                mu, sd = mean_std([mean_score(sweep_records(r, "test", d), m) for r in dirs])
+                mu, sd = mean_std([mean_score(records(r, "test", d), m) for r in dirs])
                 parts.append(f"{mu:.3f}" + (f" ± {sd:.3f}" if len(dirs) > 1 else ""))
             cells.append(" / ".join(parts))
         lines.append("| " + " | ".join(cells) + " |")
@@ -220,7 +229,7 @@ def budget_table(budgets: dict[str, list[dict[str, float]]]) -> str:
             ("phi_updates", "φ updates", "{:.0f}"), ("responses", "responses", "{:.0f}"),
             ("tokens", "tokens generated", "{:.0f}"), ("theta_tokens", "tokens in θ updates",
                                                         "{:.0f}"),
-            ("seconds", "seconds", "{:.0f}")]
+            ("seconds", "training seconds", "{:.0f}")]
     head = ["strategy"] + [c[1] for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, bs in budgets.items():
@@ -241,10 +250,10 @@ def plot_curves(out: Path, runs: dict[str, list[Path]], temperatures: list[str])
     for i, (name, dirs) in enumerate(runs.items()):
         color = f"C{i % 10}"
         for ax, m in zip(axes, TUNED_METRICS):
-            ys = [np.mean([mean_score(sweep_records(r, "test", t), m) for r in dirs])
+            ys = [np.mean([mean_score(records(r, "test", t), m) for r in dirs])
                   for t in temperatures]
             ax.plot(xs, ys, "o-", color=color, label=name, markersize=3)
-            own = np.mean([mean_score(sweep_records(r, "test", "own"), m) for r in dirs])
+            own = np.mean([mean_score(records(r, "test", "own"), m) for r in dirs])
             ax.axhline(own, color=color, linestyle="--", linewidth=0.8)
     for ax, title in zip(axes, ("Avg@k", "Pass@k")):
         ax.set(xlabel="decoding temperature (every token)", ylabel=f"held-out {title}",

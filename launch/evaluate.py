@@ -39,7 +39,7 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
     from launch.model_export import read_policy
     from launch.trainer import Trainer
 
-    _, heldout = load_data(run)
+    train, heldout = load_data(run)
     if not heldout:
         raise ConfigError("the configured data has no held-out problems (data.eval_size=0 or no "
                           "data.eval_path); set data.eval_size or data.eval_path")
@@ -52,7 +52,7 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
     model_path = (model_dir(ckpt) if ckpt is not None and run.model.path is None
                   else resolve_model_path(run))
     sweep = bool(run.eval.temperatures)
-    validation = load_validation(run, heldout) if sweep else []
+    validation = load_validation(run, heldout, train) if sweep else []
     trainer = Trainer(run, run_dir, model_path, [], heldout, validation)
     try:
         trainer.setup(learners=False)

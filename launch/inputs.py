@@ -66,10 +66,10 @@ def load_data(run: RunConfig):
     return train, heldout
 
 
-def load_validation(run: RunConfig, heldout=()) -> list:
+def load_validation(run: RunConfig, heldout=(), train=()) -> list:
     """The validation problems (data.val_size of the synthetic 'val' split, or data.val_path),
-    checked to share no prompt with the held-out ``heldout``: what is tuned on them must never
-    have seen a test problem."""
+    checked to share no prompt with the held-out ``heldout`` (what is tuned on them must never
+    see a test problem) or with ``train`` (nor one trained on)."""
     from data.loaders import DataError, load_problems
     from data.synthetic import generate
 
@@ -82,9 +82,12 @@ def load_validation(run: RunConfig, heldout=()) -> list:
             val = load_problems(d.val_path, d.format, d.max_bad_fraction) if d.val_path else []
         except DataError as e:
             raise ConfigError(str(e)) from None
-    shared = {p.prompt for p in val} & {p.prompt for p in heldout}
-    if shared:
-        raise ConfigError(f"data.val_path ({d.val_path}) shares {len(shared)} problems with the "
-                          f"held-out set (e.g. {sorted(shared)[0]!r}); validation must be "
-                          "disjoint from the test problems: remove them from one of the files")
+    prompts = {p.prompt for p in val}
+    for name, other in (("held-out", heldout), ("training", train)):
+        shared = prompts & {p.prompt for p in other}
+        if shared:
+            raise ConfigError(
+                f"data.val_path ({d.val_path}) shares {len(shared)} problems with the {name} "
+                f"set (e.g. {sorted(shared)[0]!r}); validation must be disjoint from the test "
+                "and training problems: remove them from one of the files")
     return val

@@ -77,7 +77,7 @@ def run_pipeline(run: RunConfig, run_dir: str) -> dict:
     check_learner_device(run)
     model_path = resolve_model_path(run)
     train, heldout = load_data(run)
-    validation = load_validation(run, heldout) if run.eval.temperatures else []
+    validation = load_validation(run, heldout, train) if run.eval.temperatures else []
     print(f"model {model_path}; {len(train)} train / {len(heldout)} held-out problems"
           + (f" / {len(validation)} validation" if validation else "")
           + f"; strategy {run.meta.name}; run folder {os.path.abspath(run_dir)}")

@@ -381,14 +381,15 @@ class Trainer:
                 out.update(self._evaluate(step, problems, ids, ev.samples,
                                           f"sweep/{split}/{name}", f"_{split}_{name}",
                                           base_tau=temperature, fixed=temperature is not None,
-                                          mode=mode))
+                                          mode=mode, plan_seed=eval_seed(self.run.seed, step)))
         return out
 
     def _evaluate(self, step: int, problems: list, ids: list, k: int, prefix: str, tag: str,
                   base_tau: float | None, greedy: bool = False, mode: str = "sample",
-                  fixed: bool = False) -> dict[str, float]:
+                  fixed: bool = False, plan_seed: int | None = None) -> dict[str, float]:
         """`k` responses per problem, scored; ``base_tau``: every prompt's temperature (None: the
-        meta actor's evaluation plan); ``fixed``: every token at it, the strategy's per-token
+        meta actor's evaluation plan, drawn with ``plan_seed`` when given, so that a checkpoint
+        evaluated later draws the same); ``fixed``: every token at it, the strategy's per-token
         rule set aside; ``mode``: the strategy's sample | mean. Writes
         ``evals/step_NNNNNN<tag>.jsonl``; returns the summary as ``<prefix>/...``."""
         import ray
@@ -400,18 +401,18 @@ class Trainer:
             return {}
         n = len(problems)
         temps = ([base_tau] * n if base_tau is not None
-                 else ray.get(self.meta.plan.remote(step, n, for_eval=True)))
+                 else ray.get(self.meta.plan.remote(step, n, for_eval=True, seed=plan_seed)))
         reqs = [RolloutRequest(ids[i], i, temps[i], p.id, p.task, p.answer, p.level, p.meta)
                 for i, p in enumerate(problems) for _ in range(k)]
-        ray.get([a.set_decoding.remote("sample" if greedy else mode,
-                                       base_tau if fixed else None) for a in self.rollout])
         try:
+            ray.get([a.set_decoding.remote("sample" if greedy else mode,
+                                           base_tau if fixed else None) for a in self.rollout])
             parts = _split_groups(reqs, len(self.rollout))
             texts_refs = [a.generate_texts.remote(p, step, eval_seed(self.run.seed, step), greedy)
                           for a, p in zip(self.rollout, parts) if p]
             texts = [t for ts in ray.get(texts_refs) for t in ts]
-        finally:
-            ray.get([a.set_decoding.remote("sample") for a in self.rollout])
+        finally:  # the strategy as it trains, whatever happened
+            ray.get([a.set_decoding.remote() for a in self.rollout])
         items = [(q.task, t, q.answer, q.meta) for q, t in zip(reqs, texts)]
         rewards = ray.get(self.reward.score_texts.remote(items))
         records = [{"correct": rewards[i * k:(i + 1) * k],

@@ -25,9 +25,15 @@ class MetaWorker:
     def get_candidates(self) -> list[float] | None:
         return self.candidates
 
-    def plan(self, step: int, num_prompts: int, for_eval: bool = False) -> list[float]:
-        """(P,) temperatures for this step's prompts (evaluation draws from its own RNG)."""
-        gen = self.eval_generator if for_eval else self.generator
+    def plan(self, step: int, num_prompts: int, for_eval: bool = False,
+             seed: int | None = None) -> list[float]:
+        """(P,) temperatures for this step's prompts (evaluation draws from its own RNG;
+        ``seed``: from a generator seeded with it, which leaves both RNGs as they are, so the
+        draws do not depend on what was drawn before)."""
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+        else:
+            gen = self.eval_generator if for_eval else self.generator
         return self.strategy.plan(step, num_prompts, gen).tolist()
 
     def update(self, *rank_inputs: dict | None) -> dict[str, float]:

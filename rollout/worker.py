@@ -67,6 +67,8 @@ class RolloutWorker:
                                    weight_sync)
         self.strategy = strategy
         """the run's strategy (``set_decoding`` may have the engine sample with another)"""
+        self.train_mode = strategy.spec()["kwargs"].get("temperature_mode", "sample")
+        """its temperature mode as built (training's), which ``set_decoding()`` restores"""
         self.weight_version = 0
         """learner updates the engine's weights have had (0 = the model folder's); set by the
         trainer with each weight sync, stamped on every batch (TrajectoryBatch.policy_version)"""
@@ -138,13 +140,15 @@ class RolloutWorker:
         with self._engine_call():
             self.engine.shutdown_weight_transfer()
 
-    def set_decoding(self, mode: str = "sample", temperature: float | None = None) -> None:
+    def set_decoding(self, mode: str | None = None, temperature: float | None = None) -> None:
         """Evaluation: with ``temperature``, every token at that one temperature whatever the
         run's strategy (IntroLLM's head, EAD and EDT set aside); without, the run's strategy
         again, in ``mode`` 'sample' (draw) or 'mean' (the mean action) where it has that mode
-        (``strategy.temperature_modes``; the others sample as always)."""
+        (``strategy.temperature_modes``; the others sample as always); no mode: the one it was
+        built with (how it trains)."""
         from meta.heuristics import FixedTemperature
 
+        mode = mode or self.train_mode
         strategy = self.strategy if temperature is None else FixedTemperature(temperature)
         if temperature is None and mode in strategy.temperature_modes:
             strategy.set_temperature_mode(mode)

@@ -87,6 +87,9 @@ def test_bad_set_and_only_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--val-size", "0"])
     assert "--val-size (0) must be >= 1 with --eval-temperatures" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # before any run: local files bring their own validation
+        main(["--only", "fixed-1.0", "--", "data=gsm8k", "data.train_path=/data/train.jsonl"])
+    assert "data.source=jsonl has no validation problems" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -112,6 +115,9 @@ def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, tiny_mod
     evals = tmp_path / "tampo-s0" / "evals"
     swept = {p.name: p.read_text() for p in evals.glob("step_*_*_*.jsonl")}
     assert len(swept) == 6  # test and validation x own, 0.7, 1.0
+    answers = {a for text in swept.values() for line in text.splitlines()
+               for a in json.loads(line)["answers"]}
+    assert len(answers) > 3  # real answers differ: identical records below mean the same draws
     for name in swept:
         (evals / name).unlink()
     capsys.readouterr()

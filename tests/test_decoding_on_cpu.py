@@ -30,6 +30,7 @@ def _sweep_run(root, name, scores: dict, n: int = 40, seconds: float = 60.0, pha
                                 "groups": []} for i in range(n)])
     rows = [{"step": 0}] + [
         {"step": s + 1, "reward/num_items": 16.0, "rollout/gen_tokens": 100.0,
+         "timing_s/step": seconds / 6,
          **({"actor/optimizer_steps": 1.0} if p == "theta" else {"phi/optimizer_steps": 1.0})}
         for s, p in enumerate(phases or ["theta"] * 4)]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -63,12 +64,15 @@ def test_a_validation_file_sharing_a_test_problem_is_refused(tmp_path):
     val.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = compose_run("data=gsm8k", f"data.train_path={val}", f"data.val_path={val}",
                       "data.format=answer")
-    heldout = generate(3, "eval")
-    assert len(load_validation(run, heldout)) == 5
+    others = generate(3, "eval")
+    assert len(load_validation(run, others, others)) == 5
     from data.loaders import load_problems
 
+    same = load_problems(str(val), "answer", 0.1)
     with pytest.raises(ConfigError, match="shares 5 problems with the held-out set"):
-        load_validation(run, load_problems(str(val), "answer", 0.1))
+        load_validation(run, same, others)
+    with pytest.raises(ConfigError, match="shares 5 problems with the training set"):
+        load_validation(run, others, same)
 
 
 # ------------------------------------------------------------------------- the rules
@@ -138,9 +142,10 @@ def test_tie_breaks_and_missing_validation_are_named():
 
 def test_budgets_count_theta_and_phi_updates_responses_and_tokens(tmp_path):
     d = _sweep_run(tmp_path, "i-s0", {}, phases=["phi", "theta"] * 3, seconds=42.0)
-    assert decoding.budget(d) == {"steps": 6.0, "theta_updates": 3.0, "phi_updates": 3.0,
-                                  "responses": 96.0, "tokens": 600.0, "theta_tokens": 300.0,
-                                  "seconds": 42.0}
+    got = decoding.budget(d)
+    assert got.pop("seconds") == pytest.approx(42.0)  # the steps' own, not the run's
+    assert got == {"steps": 6.0, "theta_updates": 3.0, "phi_updates": 3.0, "responses": 96.0,
+                   "tokens": 600.0, "theta_tokens": 300.0}
 
 
 def test_equal_theta_updates_doubles_an_alternating_runs_steps():
@@ -220,10 +225,11 @@ class _Actor:
             return [r"\boxed{1}"] * len(reqs)
 
         self.generate_texts = _Remote(generate_texts)
-        self.set_decoding = _Remote(lambda mode, temperature=None: log.append(
+        self.set_decoding = _Remote(lambda mode=None, temperature=None: log.append(
             ("decode", mode, temperature)))
         self.score_texts = _Remote(lambda items: [1.0] * len(items))
-        self.plan = _Remote(lambda step, n, for_eval=False: [0.7] * n)
+        self.plan = _Remote(lambda step, n, for_eval=False, seed=None: log.append(
+            ("plan", seed)) or [0.7] * n)
 
 
 def test_the_trainer_sweeps_test_and_validation_at_each_temperature(monkeypatch, tmp_path):
@@ -248,14 +254,40 @@ def test_the_trainer_sweeps_test_and_validation_at_each_temperature(monkeypatch,
     assert len({seed for *_, seed in gens}) == 1  # one sampling seed: arms pair at a τ
     decodes = [e[1:] for e in log if e[0] == "decode"]
     # own: the strategy's own rule; a temperature: every token at it; restored after each
-    assert decodes[:6] == [("sample", 0.6), ("sample", None), ("sample", 1.0),
-                           ("sample", None), ("sample", None), ("sample", None)]
+    assert decodes[:6] == [("sample", 0.6), (None, None), ("sample", 1.0),
+                           (None, None), ("sample", None), (None, None)]
+    # own's plan: from the evaluation seed, not the meta actor's running RNG (reproducible
+    # from a checkpoint)
+    assert [e[1] for e in log if e[0] == "plan"] == [gens[0][3]] * 2
     for s in ("test", "val"):
         for d in ("own", "t0.6", "t1"):
             assert decoding.sweep_records(tmp_path, s, d)
-    assert trainer.evaluate(120)  # the run's own rule is still its own file
-    assert decoding.problem_records(tmp_path) == decoding.problem_records(tmp_path, tag=None)
+    assert decoding.problem_records(tmp_path) is None  # sweep files are no evaluation's
+    assert trainer.evaluate(120)  # the run's own rule: its own file
     assert len(decoding.problem_records(tmp_path)) == 4
+
+
+def test_the_strategy_is_restored_when_a_decoding_fails(monkeypatch, tmp_path):
+    import ray
+
+    from launch.trainer import Trainer
+
+    monkeypatch.setattr(ray, "get", lambda refs: refs)
+    trainer = Trainer(compose_run("eval.temperatures=[0.6]"), str(tmp_path), "unused", [],
+                      generate(2, "eval"))
+    log: list = []
+    trainer.heldout_ids, trainer.validation_ids = [[1]] * 2, []
+    actor = _Actor(log)
+
+    def broken(reqs, step, seed, greedy):
+        raise RuntimeError("engine died")
+
+    actor.generate_texts = _Remote(broken)
+    trainer.rollout = [actor]
+    trainer.reward = trainer.meta = _Actor(log)
+    with pytest.raises(RuntimeError, match="engine died"):
+        trainer.sweep(120)
+    assert log == [("decode", "sample", 0.6), ("decode", None, None)]
 
 
 def test_the_rollout_worker_decodes_at_a_fixed_temperature_and_back():
@@ -272,10 +304,12 @@ def test_the_rollout_worker_decodes_at_a_fixed_temperature_and_back():
 
     own = IntroLLM(16)
     worker = RolloutWorker.__new__(RolloutWorker)
-    worker.engine, worker.strategy = Engine(own), own
+    worker.engine, worker.strategy, worker.train_mode = Engine(own), own, "sample"
     worker.set_decoding("sample", 0.6)
     assert worker.engine.strategy.spec() == {"name": "fixed", "kwargs": {"temperature": 0.6}}
     worker.set_decoding("sample")
     assert worker.engine.strategy is own and len(worker.engine.bound) == 2
     worker.set_decoding("mean")
     assert worker.engine.strategy is own and own.spec()["kwargs"]["temperature_mode"] == "mean"
+    worker.set_decoding()  # as it trains: the mode it was built with
+    assert own.spec()["kwargs"]["temperature_mode"] == "sample"

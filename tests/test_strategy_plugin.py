@@ -170,6 +170,7 @@ def test_spec_round_trip_meta_worker_and_temperature_modes():
     worker = RolloutWorker.__new__(RolloutWorker)  # its engine only
     for strategy, changes in ((s, False), (IntroLLM(16), True)):
         worker.engine, worker.strategy = Engine(strategy), strategy
+        worker.train_mode = "sample"
         worker.set_decoding("mean")
         assert worker.engine.bound == int(changes)
         assert strategy.spec()["kwargs"].get("temperature_mode") == ("mean" if changes else None)

@@ -24,9 +24,9 @@ class FakeActor:
             return [r"\boxed{1}"] * len(reqs)
 
         self.generate_texts = _Remote(generate_texts)
-        self.set_decoding = _Remote(lambda mode, temperature=None: None)
+        self.set_decoding = _Remote(lambda mode=None, temperature=None: None)
         self.score_texts = _Remote(lambda items: [0.0] * len(items))
-        self.plan = _Remote(lambda step, n, for_eval=False: [1.0] * n)
+        self.plan = _Remote(lambda step, n, for_eval=False, seed=None: [1.0] * n)
 
 
 def eval_calls(monkeypatch, tmp_path, seed: int, step: int = 40) -> list:
