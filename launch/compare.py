@@ -23,7 +23,7 @@ validation Avg@k at its best decoding, chosen without a test record):
 - **matched decoding**: each strategy minus the baseline at the same decoding temperature;
 - **tuned decoding**: each strategy at its best decoding per metric, chosen on validation alone,
   minus the baseline at its own (``launch.decoding``);
-- **budgets**: θ and φ updates, responses, tokens, seconds per run; ``--equal theta-updates``
+- **budgets**: θ and φ updates, responses, tokens, steps' seconds per run; ``--equal theta-updates``
   runs strategies that update θ in only some steps (IntroLLM alternating) for more steps;
 - **each run's evaluation rule** (``eval.temperature``; greedy), the older tables: mean ± std
   over seeds of the last evaluation's Avg@k, Pass@k and greedy accuracy, and the base model's,
@@ -333,7 +333,8 @@ def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | 
                  "own choice.", "", decoding.tuned_table(tuned, baseline, k), "",
                  f"![decoding]({curves.name})", ""]
     text += ["## Budgets", "", "What each strategy was given (`launch.decoding.budget`, from the "
-             "runs' logged steps): θ and φ optimizer updates, responses, tokens, seconds.", "",
+             "runs' logged steps): θ and φ optimizer updates, responses, tokens, the steps' "
+             "seconds.", "",
              decoding.budget_table(budgets), ""]
     rule = ("## Each run's evaluation rule" + (" (confounded by decoding temperature)" if fair
                                                 else ""))

@@ -11,7 +11,8 @@ adds later into ``<run>/sweep/``). From those records:
 - **tuned**: each arm at its best decoding (a shared temperature or 'own'), chosen per metric
   by its validation score pooled over seeds, which never reads a test record; then the test
   difference to the baseline at the baseline's own tuned decoding;
-- **budgets**: what each arm was given: θ and φ optimizer updates, responses, tokens, seconds.
+- **budgets**: what each arm was given: θ and φ optimizer updates, responses, tokens, the
+  steps' seconds.
 """
 
 from __future__ import annotations
