@@ -93,7 +93,12 @@ def test_bad_set_and_only_are_refused(capsys):
 
 
 @pytest.mark.slow
-def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, tiny_model_dir, capsys):
+def test_compare_runs_two_strategies_and_reuses_finished_runs(tmp_path, capsys):
+    from launch.build_model import TinyModelSpec, build
+    from tests.test_pinned_run import PIN_SPEC_KW
+
+    # a tiny model that writes \boxed{} answers (~10 s), so that records differ when draws do
+    tiny_model_dir = build(TinyModelSpec(**PIN_SPEC_KW), tmp_path / "model")
     small = ["trainer.total_steps=2", "trainer.prompts_per_step=4", "rollout.group_size=4",
              "rollout.max_new_tokens=32", "data.train_size=200", "data.eval_size=20",
              "eval.samples=2", "rollout=hf", "cluster.dashboard=false", "reward.num_workers=1",

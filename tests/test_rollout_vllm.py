@@ -36,7 +36,7 @@ MAX_LEN = 256
 BATCHED_TOKENS = 64  # < every prompt below: each prefill is split into chunks
 ENGINE_KW = dict(max_model_len=MAX_LEN, max_new_tokens=MAX_NEW, max_num_seqs=8,
                  max_num_batched_tokens=BATCHED_TOKENS, block_size=32,
-                 num_gpu_blocks_override=16,  # 512 tokens of KV for 8 running requests of ~200
+                 num_gpu_blocks_override=12,  # 384 tokens of KV for 8 running requests of ~200
                  disable_log_stats=False)  # so that get_metrics() counts preemptions
 EOS_PROB = 0.04  # the fixture model's mean P(EOS) per token, so that some responses stop early
 
@@ -490,7 +490,9 @@ def test_each_request_keeps_its_own_base_tau_and_early_stops_happen(engine, hf):
     ids = [batch.response_ids[i][mask[i]].tolist() for i in range(len(batch))]
     decoded = [engine.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
     assert batch.response_texts == decoded
-    assert all(batch.response_texts) and len(set(batch.response_texts)) > 1
+    # real texts (a response that stops at once decodes to "")
+    assert sum(map(bool, batch.response_texts)) > len(batch) // 2
+    assert len(set(batch.response_texts)) > 1
 
 
 def test_same_seed_same_batch(engine):
