@@ -117,9 +117,9 @@ def _arith(rng: random.Random, level: int) -> tuple[str, str, str, dict] | None:
 def left_to_right_solution(expression: str) -> str:
     """A careless worked solution of ``expression`` (+ - * and parentheses): every operator in
     reading order, precedence ignored (parentheses still first), e.g. ``3+4*2`` -> ``3+4=7.
-    7*2=14. \\boxed{14}``. The embedded model's pre-training mixes such solutions in
-    (``TinyModelSpec.sft_left_to_right``): a verifiable flaw that RL can correct only by sampling
-    the precedence-respecting first step the model rarely takes."""
+    7*2=14. \\boxed{14}``. A pre-training option mixes such solutions in
+    (``TinyModelSpec.sft_left_to_right``, 0 by default): a verifiable flaw that RL can correct
+    only by sampling the precedence-respecting first step the model rarely takes."""
     tokens = re.findall(r"\d+|[-+*()]", expression)
     steps: list[str] = []
 
@@ -188,8 +188,7 @@ def split_of(prompt: str) -> str:
     """'eval' (held-out test), 'val' (validation) or 'train': a hash of the prompt alone, so
     the splits never mix, whatever the seeds."""
     digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
-    bucket = int.from_bytes(digest, "little") % BUCKETS
-    return SPLITS[2 - bucket] if bucket < 2 else "train"
+    return {0: "eval", 1: "val"}.get(int.from_bytes(digest, "little") % BUCKETS, "train")
 
 
 def generate(

@@ -50,6 +50,12 @@ def load_dumps(run_dir: Path, from_step: int = 0) -> list[dict]:
     return rows
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the header, its rule, one line per row of cells."""
+    return "\n".join("| " + " | ".join(cells) + " |"
+                     for cells in [head, ["---"] * len(head), *rows])
+
+
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write (110 dpi) and close a matplotlib figure; returns `path`."""
     import matplotlib.pyplot as plt

@@ -53,7 +53,7 @@ import sys
 import time
 from pathlib import Path
 
-from launch.analyze import mean_std
+from launch.analyze import markdown_table, mean_std
 from launch.decoding import has_sweep
 from launch.metrics import decoding_name
 
@@ -81,25 +81,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_one(out: Path, name: str, seed: int, overrides: str, extra: list[str],
-            sweep: list[str] = ()) -> Path:
+            temperatures: list[float] = (), val_size: int = 0) -> Path:
     """Run (or reuse) one (strategy, seed) in ``OUT/<name>-s<seed>``; returns the folder.
-    ``sweep``: the overrides of the final decoding sweep (eval.temperatures, data.val_size); a
-    reused run that lacks it gets it from ``launch.evaluate`` on its last checkpoint, into
-    ``<run>/sweep``."""
+    ``temperatures``, ``val_size``: the final decoding sweep (``sweep_overrides``); a reused run
+    that lacks it gets it from ``launch.evaluate`` on its last checkpoint, into ``<run>/sweep``."""
     run_dir = out / f"{name}-s{seed}"
+    sweep = sweep_overrides(temperatures, val_size)
+    decodings = sweep_decodings(temperatures)
     # the arm's own overrides after the shared ones: they win (e.g. its budget's total_steps)
     args = [*extra, *shlex.split(overrides), f"seed={seed}", *sweep]
     if (run_dir / "final_metrics.json").exists():
         print(f"[compare] {run_dir.name}: done before, reused")
     else:
         _call(run_dir, "launch.run", [*args, f"hydra.run.dir={run_dir}"], run_dir / "compare.log")
-    if sweep and not has_sweep(run_dir, decodings_of(sweep)):
+    if sweep and not has_sweep(run_dir, decodings):
         _call(run_dir, "launch.evaluate", [*args, f"eval.checkpoint={run_dir}",
                                            f"hydra.run.dir={run_dir / 'sweep'}"],
               run_dir / "sweep.log")
-        if not has_sweep(run_dir, decodings_of(sweep)):
+        if not has_sweep(run_dir, decodings):
             raise RuntimeError(f"{run_dir.name}: launch.evaluate left no test and validation "
-                               f"records at every one of {decodings_of(sweep)}; does the "
+                               f"records at every one of {decodings}; does the "
                                "data have validation problems (data.val_path for local "
                                f"files)? See {run_dir / 'sweep.log'}")
     return run_dir
@@ -127,11 +128,10 @@ def sweep_overrides(temperatures: list[float], val_size: int) -> list[str]:
             f"data.val_size={val_size}"]
 
 
-def decodings_of(sweep: list[str]) -> list[str]:
-    """'own' and the temperature names (t0.6, ...) of sweep_overrides' eval.temperatures."""
-    temps = next((o.partition("=")[2] for o in sweep if o.startswith("eval.temperatures=")),
-                 "[]")
-    return ["own"] + [decoding_name(float(t)) for t in temps.strip("[]").split(",") if t]
+def sweep_decodings(temperatures: list[float]) -> list[str]:
+    """The sweep's decodings by name: 'own', then the temperatures (t0.6, ...); none without
+    temperatures."""
+    return [decoding_name(t) for t in (None, *temperatures)] if temperatures else []
 
 
 def budget_overrides(name: str, overrides: str, extra: list[str], equal: str
@@ -213,18 +213,15 @@ def paired(runs: dict[str, list[Path]], seeds: list[int], baseline: str,
 def paired_table(diffs: dict[str, dict[str, dict]], baseline: str, k: str) -> str:
     """Markdown: one row per strategy, its difference to the baseline per metric with the 95 %
     interval (marked * when the interval excludes 0), then the smallest detectable difference."""
+    from launch.paired import interval_cell
+
     names = {"avg": f"Avg@{k}", "pass": f"Pass@{k}", "greedy": "greedy"}
     head = ["strategy"] + [f"{names[m]} − {baseline} [95 % CI]" for m in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for name, by_metric in diffs.items():
-        cells = [name]
-        for m in METRICS:
-            r = by_metric.get(m)
-            cells.append("-" if r is None else "{:+.3f} [{:+.3f}, {:+.3f}]{}".format(
-                r["diff"], r["lo"], r["hi"], "" if r["covers_zero"] else " *"))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [f"\n{name}: not paired: {d['error']}" for name, d in diffs.items() if "error" in d]
-    return "\n".join(lines)
+    rows = [[name] + ["-" if by_metric.get(m) is None else interval_cell(by_metric[m])
+                      for m in METRICS] for name, by_metric in diffs.items()]
+    return "\n".join([markdown_table(head, rows)]
+                     + [f"\n{name}: not paired: {d['error']}"
+                        for name, d in diffs.items() if "error" in d])
 
 
 def detectable(diffs: dict[str, dict[str, dict]]) -> dict[str, float]:
@@ -245,7 +242,7 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
                       if "/" in k})
     head = (["strategy", "seeds"] + [f"final {m}" for m in metrics]
             + [f"base {m}" for m in metrics] + ["s/run"])
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for name, rs in results.items():
         cells = [name, str(len(rs))]
         for label in ("final", "base"):
@@ -253,8 +250,8 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
                 xs = [r[f"{label}/{m}"] for r in rs if f"{label}/{m}" in r]
                 cells.append("{:.3f} ± {:.3f}".format(*mean_std(xs)) if xs else "-")
         cells.append(f"{mean_std([r['seconds'] for r in rs])[0]:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def plot(out: Path, runs: dict[str, list[Path]]) -> Path:
@@ -428,8 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                  "arm's decoding is tuned on validation problems (give --eval-temperatures "
                  "with no values for none)")
     temps = list(dict.fromkeys(args.eval_temperatures))
-    sweep = sweep_overrides(temps, args.val_size)
-    if sweep:  # local files: the validation problems are the user's (data.val_path)
+    if temps:  # local files: the validation problems are the user's (data.val_path)
         from launch.config import compose_run
 
         data = compose_run([*sizes, *extra, *shlex.split(next(iter(strategies.values())))]).data
@@ -442,9 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for name, ov in strategies.items():
         ov, folder = budget_overrides(name, ov, sizes + extra, args.equal)
-        runs[name] = [run_one(out, folder, s, ov, sizes + extra, sweep) for s in args.seeds]
+        runs[name] = [run_one(out, folder, s, ov, sizes + extra, temps, args.val_size)
+                      for s in args.seeds]
     path = write_comparison(out, runs, args.seeds, args.baseline, args.reps,
-                            decodings_of(sweep)[1:])
+                            sweep_decodings(temps)[1:])
     print(path.read_text())
     return 0
 

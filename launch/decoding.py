@@ -22,7 +22,9 @@ from typing import Iterable
 
 import numpy as np
 
+from launch.analyze import markdown_table
 from launch.metrics import problem_records
+from launch.paired import interval_cell
 
 SPLITS = ("test", "val")
 TUNED_METRICS = ("avg", "pass")
@@ -47,7 +49,9 @@ def records(run_dir: Path, split: str, decoding: str) -> dict[str, list[float]]:
     if got is None:
         raise ValueError(f"{run_dir} has no {split} records at {decoding} "
                          f"(evals/step_*_{split}_{decoding}.jsonl); rerun launch.compare with "
-                         "this --eval-temperatures, which adds them from the run's checkpoint")
+                         "this --eval-temperatures, which adds them from the run's checkpoint"
+                         + (", and --val-size > 0 (synthetic data) or data.val_path (local "
+                            "files)" if split == "val" else ""))
     return got
 
 
@@ -68,12 +72,7 @@ def validation_scores(run_dirs: list[Path], decodings: list[str], metric: str
     """{decoding: its validation `metric`, mean over the arm's seeds}: validation records only."""
     out = {}
     for d in decodings:
-        got = [sweep_records(r, "val", d) for r in run_dirs]
-        if any(g is None for g in got):
-            raise ValueError(f"{[str(r) for r, g in zip(run_dirs, got) if g is None]} have no "
-                             f"validation records at {d}; run the comparison with "
-                             "--eval-temperatures and --val-size > 0 (synthetic data) or "
-                             "data.val_path (local files)")
+        got = [records(r, "val", d) for r in run_dirs]
         if any(not g for g in got):
             raise ValueError("the validation split is empty; set --val-size > 0 (synthetic "
                              "data) or data.val_path (local files)")
@@ -129,8 +128,7 @@ def tuned_baseline(runs: dict[str, list[Path]], decodings: list[str]) -> str:
     """The fixed-temperature arm with the best validation Avg@k at its own tuned decoding (the
     first arm when none is fixed): chosen without a test record."""
     fixed = [n for n in runs if n.startswith("fixed")] or list(runs)[:1]
-    best = {n: max(validation_scores(runs[n], decodings, "avg").values()) for n in fixed}
-    return max(fixed, key=lambda n: (best[n], -fixed.index(n)))
+    return tune({n: max(validation_scores(runs[n], decodings, "avg").values()) for n in fixed})
 
 
 def budget(run_dir: Path) -> dict[str, float]:
@@ -170,20 +168,13 @@ def steps_for_theta_updates(run, updates: int) -> int:
 # ------------------------------------------------------------------------------ report
 
 
-def _cell(r: dict) -> str:
-    return "{:+.3f} [{:+.3f}, {:+.3f}]{}".format(r["diff"], r["lo"], r["hi"],
-                                                "" if r["covers_zero"] else " *")
-
-
 def matched_table(diffs: dict[str, dict[str, dict]], baseline: str, k: str) -> str:
     temps = sorted({t for d in diffs.values() for t in d}, key=lambda t: float(t[1:]))
     head = ["strategy"] + [f"{name}@{k} at τ = {t[1:]}" for t in temps
                            for name in ("Avg", "Pass")]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for name, by_t in diffs.items():
-        lines.append("| " + " | ".join([name] + [_cell(by_t[t][m]) for t in temps
-                                                 for m in TUNED_METRICS]) + " |")
-    return "\n".join(lines)
+    return markdown_table(head, [[name] + [interval_cell(by_t[t][m]) for t in temps
+                                           for m in TUNED_METRICS]
+                                 for name, by_t in diffs.items()])
 
 
 def tuned_table(result: dict, baseline: str | None, k: str) -> str:
@@ -193,7 +184,7 @@ def tuned_table(result: dict, baseline: str | None, k: str) -> str:
         head += [f"decoding for {label[m]} (validation)", f"test {label[m]}"]
         if baseline is not None:
             head.append(f"test {label[m]} − {baseline}")
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for name in result["choice"]:
         cells = [name]
         for m in TUNED_METRICS:
@@ -201,9 +192,9 @@ def tuned_table(result: dict, baseline: str | None, k: str) -> str:
             cells += [f"{d} ({result['val'][name][m][d]:.3f})", f"{result['test'][name][m]:.3f}"]
             if baseline is not None:
                 cells.append("(baseline)" if name == baseline
-                             else _cell(result["paired"][name][m]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                             else interval_cell(result["paired"][name][m]))
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def scores_table(runs: dict[str, list[Path]], decodings: list[str], k: str) -> str:
@@ -212,7 +203,7 @@ def scores_table(runs: dict[str, list[Path]], decodings: list[str], k: str) -> s
     from launch.analyze import mean_std
 
     head = ["strategy"] + [f"{d} Avg@{k} / Pass@{k}" for d in decodings]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for name, dirs in runs.items():
         cells = [name]
         for d in decodings:
@@ -221,8 +212,8 @@ def scores_table(runs: dict[str, list[Path]], decodings: list[str], k: str) -> s
                 mu, sd = mean_std([mean_score(records(r, "test", d), m) for r in dirs])
                 parts.append(f"{mu:.3f}" + (f" ± {sd:.3f}" if len(dirs) > 1 else ""))
             cells.append(" / ".join(parts))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def budget_table(budgets: dict[str, list[dict[str, float]]]) -> str:
@@ -231,13 +222,10 @@ def budget_table(budgets: dict[str, list[dict[str, float]]]) -> str:
             ("tokens", "tokens generated", "{:.0f}"), ("theta_tokens", "tokens in θ updates",
                                                         "{:.0f}"),
             ("seconds", "training seconds", "{:.0f}")]
-    head = ["strategy"] + [c[1] for c in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for name, bs in budgets.items():
-        cells = [name] + [fmt.format(float(np.mean([b[key] for b in bs])))
-                          for key, _, fmt in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n(mean per run over the seeds)"
+    rows = [[name] + [fmt.format(float(np.mean([b[key] for b in bs]))) for key, _, fmt in cols]
+            for name, bs in budgets.items()]
+    return (markdown_table(["strategy"] + [c[1] for c in cols], rows)
+            + "\n\n(mean per run over the seeds)")
 
 
 def plot_curves(out: Path, runs: dict[str, list[Path]], temperatures: list[str]) -> Path:

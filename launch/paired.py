@@ -58,6 +58,13 @@ def paired_differences(arm: Mapping[int, Mapping[str, Sequence[float]]],
     return out
 
 
+def interval_cell(r: dict) -> str:
+    """A ``paired_bootstrap`` result as a table cell: the difference, its 95 % interval, and *
+    when the interval excludes 0."""
+    return "{:+.3f} [{:+.3f}, {:+.3f}]{}".format(r["diff"], r["lo"], r["hi"],
+                                                "" if r["covers_zero"] else " *")
+
+
 def paired_bootstrap(diffs: Mapping[int, np.ndarray], reps: int = 10_000,
                      seed: int = 0) -> dict[str, float]:
     """The mean difference with its paired-bootstrap 95 % interval over seeds and problems.

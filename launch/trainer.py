@@ -374,6 +374,7 @@ class Trainer:
         # own last: it follows a swap of the strategy and back (its records equal the eval/
         # rule's where that decodes as the strategy's plan does: IntroLLM's tau_0 = 1.0)
         decodings = [(decoding_name(t), t) for t in (*ev.temperatures, None)]
+        plan_seed = eval_seed(self.run.seed, step)
         out: dict[str, float] = {}
         for split, problems, ids in (("test", self.heldout, self.heldout_ids),
                                      ("val", self.validation, self.validation_ids)):
@@ -381,7 +382,7 @@ class Trainer:
                 out.update(self._evaluate(step, problems, ids, ev.samples,
                                           f"sweep/{split}/{name}", f"_{split}_{name}",
                                           base_tau=temperature, fixed=temperature is not None,
-                                          mode=mode, plan_seed=eval_seed(self.run.seed, step)))
+                                          mode=mode, plan_seed=plan_seed))
         return out
 
     def _evaluate(self, step: int, problems: list, ids: list, k: int, prefix: str, tag: str,

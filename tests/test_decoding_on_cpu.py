@@ -4,12 +4,13 @@ never reads a test record, budgets, the final decoding sweep of the trainer and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from data.synthetic import generate, split_of
 from launch import decoding
-from launch.compare import decodings_of, sweep_overrides, write_comparison
+from launch.compare import sweep_decodings, sweep_overrides, write_comparison
 from launch.config import ConfigError
 from launch.metrics import write_problem_records
 from tests.test_config_on_cpu import compose_run
@@ -133,8 +134,8 @@ def test_the_tuned_choice_reads_validation_only(tmp_path, monkeypatch):
 
 def test_tie_breaks_and_missing_validation_are_named():
     assert decoding.tune({"own": 0.5, "t0.6": 0.5, "t1": 0.4}) == "own"
-    with pytest.raises(ValueError, match="no validation records at own"):
-        decoding.validation_scores([__import__("pathlib").Path("/nonexistent")], ["own"], "avg")
+    with pytest.raises(ValueError, match="no val records at own.*data.val_path"):
+        decoding.validation_scores([Path("/nonexistent")], ["own"], "avg")
 
 
 # ------------------------------------------------------------------------- budgets
@@ -171,8 +172,8 @@ def test_equal_theta_updates_runs_introllm_longer_in_its_own_folder():
 def test_sweep_overrides_name_the_decodings():
     sweep = sweep_overrides([0.6, 1.0], 250)
     assert sweep == ["eval.temperatures=[0.6,1]", "data.val_size=250"]
-    assert decodings_of(sweep) == ["own", "t0.6", "t1"]
-    assert sweep_overrides([], 250) == [] and decodings_of([]) == ["own"]
+    assert sweep_decodings([0.6, 1.0]) == ["own", "t0.6", "t1"]
+    assert sweep_overrides([], 250) == [] and sweep_decodings([]) == []
 
 
 # ------------------------------------------------------------------------- the report
