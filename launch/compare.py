@@ -362,6 +362,24 @@ def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | 
     return path
 
 
+def compose_arm(ap: argparse.ArgumentParser, name: str, overrides: str, extra: list[str]):
+    """The RunConfig of arm ``name``, or an argparse error naming the arm, its overrides and the
+    rule they break (a Hydra grammar error or a config rule), before any run starts."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from launch.config import ConfigError, compose_run
+
+    try:
+        return compose_run([*extra, *shlex.split(overrides)])
+    except (ConfigError, HydraException, OmegaConfBaseException, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+        shared = f" after {' '.join(extra)}" if extra else ""
+        ap.error(f"strategy {name!r} ({overrides!r}{shared}) does not compose: {first}. "
+                 "Overrides are space-separated launch.run arguments, e.g. --set "
+                 "'cold=+experiment=fixed meta.temperature=0.6'")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
@@ -425,10 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                  "arm's decoding is tuned on validation problems (give --eval-temperatures "
                  "with no values for none)")
     temps = list(dict.fromkeys(args.eval_temperatures))
+    # every arm's overrides composed and validated before the first run (hours may go by)
+    composed = {name: compose_arm(ap, name, ov, sizes + extra) for name, ov in strategies.items()}
     if temps:  # local files: the validation problems are the user's (data.val_path)
-        from launch.config import compose_run
-
-        data = compose_run([*sizes, *extra, *shlex.split(next(iter(strategies.values())))]).data
+        data = next(iter(composed.values())).data
         if data.source != "synthetic" and not data.val_path:
             ap.error(f"data.source={data.source} has no validation problems: pass "
                      "-- data.val_path=/path/to/val.jsonl (disjoint from data.eval_path), or "

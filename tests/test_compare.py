@@ -90,6 +90,13 @@ def test_bad_set_and_only_are_refused(capsys):
     with pytest.raises(SystemExit):  # before any run: local files bring their own validation
         main(["--only", "fixed-1.0", "--", "data=gsm8k", "data.train_path=/data/train.jsonl"])
     assert "data.source=jsonl has no validation problems" in capsys.readouterr().err
+    for bad, rule in (("cold=+experiment=fixed,meta.temperature=0.6", "mismatched input"),
+                      ("cold=+experiment=fixed meta.temprature=0.6", "temprature"),
+                      ("cold=+experiment=fixed 'meta.temperature=0.6", "quotation")):
+        with pytest.raises(SystemExit):  # every arm is composed before the first run
+            main(["--set", "hot=+experiment=fixed meta.temperature=1.4", "--set", bad])
+        err = capsys.readouterr().err
+        assert "strategy 'cold'" in err and "does not compose" in err and rule in err, err
 
 
 @pytest.mark.slow
