@@ -203,12 +203,15 @@ def _newest_valid(found: list[Path]) -> tuple[Path | None, list[str]]:
     return None, failures
 
 
-def find_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
+def find_checkpoint(run_dir: Path, resume: str | None, setting: str = "trainer.resume"
+                    ) -> Path | None:
     """The checkpoint folder to resume from (None = start fresh).
 
     auto: the newest complete checkpoint that verifies; a newer one that does not is named in a
     warning and skipped. A path: that checkpoint (or the newest of that run folder), which must
-    verify; ConfigError naming the bad file and the checkpoint to use instead otherwise."""
+    verify; ConfigError naming the bad file and the checkpoint to use instead otherwise.
+    ``setting`` is the key the path came from, named in the errors (eval.checkpoint for
+    launch.evaluate)."""
     if resume is None:
         return None
     if resume == "auto":
@@ -228,17 +231,20 @@ def find_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
         except CheckpointError as e:
             older = [c for c in complete_checkpoints(path.parent.parent) if c.name < path.name]
             ok, _ = _newest_valid(older)
-            fix = (f"resume from {ok} instead (trainer.resume={ok})" if ok
+            fix = (f"use {ok} instead ({setting}={ok})" if ok
                    else "no earlier checkpoint verifies: start fresh in a new run folder "
                         "(another hydra.run.dir, trainer.resume=null)")
-            raise CheckpointError(f"trainer.resume ({resume}): {e}; {fix}") from e
+            raise CheckpointError(f"{setting} ({resume}): {e}; {fix}") from e
         return path
     found = complete_checkpoints(path)
     if found:
         return find_checkpoint(path, "auto")
-    raise ConfigError(f"trainer.resume ({resume}) is neither a complete checkpoint folder "
-                      f"(step_NNNNNN with {MARKER}) nor a run folder with one; "
-                      "point it at one, use trainer.resume=auto, or null to start fresh")
+    fix = ("point it at one, use trainer.resume=auto, or null to start fresh"
+           if setting == "trainer.resume" else
+           ("point it at one (a run writes one every trainer.save_every steps and at its "
+            "last step; trainer.save_every=0 writes none)"))
+    raise ConfigError(f"{setting} ({resume}) is neither a complete checkpoint folder "
+                      f"(step_NNNNNN with {MARKER}) nor a run folder with one; {fix}")
 
 
 def load_driver_state(ckpt: Path) -> dict:

@@ -46,7 +46,8 @@ def evaluate_run(run, run_dir: str) -> dict[str, float]:
     if run.eval.checkpoint == "auto":
         raise ConfigError("eval.checkpoint (auto) must be a checkpoint or run folder path; "
                           "e.g. eval.checkpoint=runs/NAME/checkpoints/step_000120")
-    ckpt = find_checkpoint(Path(run_dir), run.eval.checkpoint) if run.eval.checkpoint else None
+    ckpt = (find_checkpoint(Path(run_dir), run.eval.checkpoint, "eval.checkpoint")
+            if run.eval.checkpoint else None)
     # a checkpoint is a model folder (config, tokenizer, weights): with the embedded model
     # (model.path=null) it is the one the run trained, even after the embedded default changed
     model_path = (model_dir(ckpt) if ckpt is not None and run.model.path is None

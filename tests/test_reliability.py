@@ -178,6 +178,8 @@ def test_find_checkpoint_takes_the_newest_complete_one(tmp_path):
     assert find_checkpoint(tmp_path, str(newest)) == newest
     with pytest.raises(ConfigError, match="trainer.resume .* neither a complete checkpoint"):
         find_checkpoint(tmp_path, str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=r"eval.checkpoint .* neither .*save_every=0 writes none"):
+        find_checkpoint(tmp_path, str(tmp_path / "nope"), "eval.checkpoint")  # launch.evaluate's
 
 
 def test_a_resume_with_another_number_of_ranks_says_to_start_from_its_weights(tmp_path):
