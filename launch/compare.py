@@ -182,15 +182,16 @@ def default_baseline(results: dict[str, list[dict[str, float]]]) -> str:
     return max(fixed, key=avg) if fixed else next(iter(results))
 
 
-def paired(runs: dict[str, list[Path]], seeds: list[int], baseline: str,
+def paired(runs: dict[str, list[Path]], seeds: list[int], baseline: str | None,
            reps: int = 10_000) -> dict[str, dict[str, dict]]:
     """{strategy: {metric: paired_bootstrap(...) vs the baseline}} for every other strategy,
-    over the metrics whose per-problem records both have."""
+    over the metrics whose per-problem records both have. ``baseline`` None: each strategy's
+    last evaluation against its own first, the base model's (what training changed)."""
     from launch.metrics import problem_records
     from launch.paired import paired_bootstrap, paired_differences
 
-    def records(name: str, greedy: bool):
-        got = {s: problem_records(d, greedy) for s, d in zip(seeds, runs[name])}
+    def records(name: str, greedy: bool, first: bool = False):
+        got = {s: problem_records(d, greedy, first=first) for s, d in zip(seeds, runs[name])}
         return None if any(v is None for v in got.values()) else got
 
     out: dict[str, dict[str, dict]] = {}
@@ -200,7 +201,8 @@ def paired(runs: dict[str, list[Path]], seeds: list[int], baseline: str,
         out[name] = {}
         for metric in METRICS:
             greedy = metric == "greedy"
-            a, b = records(name, greedy), records(baseline, greedy)
+            a = records(name, greedy)
+            b = records(baseline, greedy) if baseline else records(name, greedy, first=True)
             if a is not None and b is not None:
                 score = "pass" if metric == "pass" else "avg"
                 try:
@@ -329,6 +331,17 @@ def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | 
                  f"the test score at that choice, and the paired difference to {baseline} at its "
                  "own choice.", "", decoding.tuned_table(tuned, baseline, k), "",
                  f"![decoding]({curves.name})", ""]
+    gains = paired(runs, seeds, None, reps)
+    record["trained"] = gains
+    text += ["## What training changed: each run's final model − the base model", "",
+             "Each run's last held-out evaluation minus its first (the base model, step 0), the "
+             "same problems under the same rule (`eval.temperature`; greedy: argmax, one "
+             "response), paired problem by problem; 95 % interval over problems and seeds. "
+             "Greedy accuracy moving is RL teaching the model something; Avg@k rising with "
+             "Pass@k flat or falling is the distribution sharpening (which a lower decoding "
+             "temperature also gives). A learned rule's base evaluation uses its untrained "
+             "policy (IntroLLM: the head as initialised).", "",
+             paired_table(gains, "base", k), ""]
     text += ["## Budgets", "", "What each strategy was given (`launch.decoding.budget`, from the "
              "runs' logged steps): θ and φ optimizer updates, responses, tokens, the steps' "
              "seconds.", "",

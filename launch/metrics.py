@@ -111,13 +111,13 @@ def decoding_name(temperature: float | None) -> str:
     return "own" if temperature is None else f"t{float(temperature):g}"
 
 
-def problem_records(run_dir: Path, greedy: bool = False, tag: str | None = None
-                    ) -> dict[str, list[float]] | None:
+def problem_records(run_dir: Path, greedy: bool = False, tag: str | None = None,
+                    first: bool = False) -> dict[str, list[float]] | None:
     """{problem_id: rewards} of a run's last evaluation (``evals/step_NNNNNN.jsonl``; ``greedy``:
     its greedy column; ``tag``, e.g. 'test_t0.6': that sweep decoding,
-    ``step_NNNNNN_<tag>.jsonl``), None if the run wrote none (an older run, eval.greedy=false,
-    no eval.temperatures)."""
+    ``step_NNNNNN_<tag>.jsonl``; ``first``: its first evaluation, the base model's at step 0),
+    None if the run wrote none (an older run, eval.greedy=false, no eval.temperatures)."""
     tag = "_" + tag if tag else ("_greedy" if greedy else "")
     files = sorted(p for p in (Path(run_dir) / "evals").glob("step_*.jsonl")
                    if re.fullmatch(r"step_\d+" + re.escape(tag), p.stem))
-    return read_problem_records(files[-1]) if files else None
+    return read_problem_records(files[0 if first else -1]) if files else None

@@ -17,20 +17,22 @@ from tests.test_analyze_on_cpu import _write_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fake_run(root, name, avg, seconds=100.0, correct=None):
+def _fake_run(root, name, avg, seconds=100.0, correct=None, base=None):
     """A finished run's folder; `correct`: per-problem rewards of its last evaluation (k = 4),
-    written as the trainer writes them (and the greedy column: the first of the 4)."""
+    written as the trainer writes them (and the greedy column: the first of the 4); `base`:
+    those of its first (step 0), the base model's."""
     d = root / name
     d.mkdir()
     _write_run(d, tampo=False)
     (d / "final_metrics.json").write_text(json.dumps({
         "seconds": seconds, "eval_base/all/avg@4": 0.30, "eval_base/all/pass@4": 0.6,
         "eval/all/avg@4": avg, "eval/all/pass@4": 0.62, "eval/all/pass@1": avg}))
-    if correct is not None:
+    for step, rewards in ((0, base), (10, correct)):
         for tag, k in (("", 4), ("_greedy", 1)):
-            write_problem_records(d / "evals" / f"step_000010{tag}.jsonl",
-                                  [{"problem_id": f"p{i}", "correct": c[:k], "groups": []}
-                                   for i, c in enumerate(correct)])
+            if rewards is not None:
+                write_problem_records(d / "evals" / f"step_{step:06d}{tag}.jsonl",
+                                      [{"problem_id": f"p{i}", "correct": c[:k], "groups": []}
+                                       for i, c in enumerate(rewards)])
     return d
 
 
@@ -39,7 +41,7 @@ def test_paired_differences_against_the_best_fixed_temperature(tmp_path):
     equals it; the baseline is the better of the two fixed temperatures."""
     base = [[1.0, 0.0, 0.0, 0.0]] * 25 + [[0.0] * 4] * 25
     better = [[1.0] * 4] * 20 + base[20:]
-    runs = {name: [_fake_run(tmp_path, f"{name}-s{s}", avg, correct=c) for s in (0, 1)]
+    runs = {name: [_fake_run(tmp_path, f"{name}-s{s}", avg, correct=c, base=base) for s in (0, 1)]
             for name, avg, c in (("fixed-1.0", 0.125, base), ("fixed-0.5", 0.1, base),
                                  ("hot", 0.5, better), ("same", 0.125, base))}
     md = write_comparison(tmp_path, runs, seeds=[0, 1], reps=2000).read_text()
@@ -55,6 +57,11 @@ def test_paired_differences_against_the_best_fixed_temperature(tmp_path):
     assert "] *" in paired_part.split("| hot |")[1].split("\n")[0]  # its interval excludes 0
     assert "] *" not in paired_part.split("| same |")[1].split("\n")[0]
     assert "Smallest difference these sizes detect" in md
+    trained = data["trained"]  # each run's last evaluation minus its own first (the base model)
+    assert trained["hot"]["avg"]["diff"] == pytest.approx(0.3) and trained["hot"]["avg"]["lo"] > 0
+    assert trained["hot"]["greedy"]["diff"] == 0.0  # p0..p19 were right greedily before
+    assert trained["fixed-1.0"]["avg"]["diff"] == 0.0 and "fixed-1.0" in trained
+    assert "| hot | +0.300 [" in md.split("## What training changed")[1].split("##")[0]
 
 
 def test_a_baseline_outside_the_comparison_is_refused(tmp_path):
