@@ -134,19 +134,16 @@ def sweep_decodings(temperatures: list[float]) -> list[str]:
     return [decoding_name(t) for t in (None, *temperatures)] if temperatures else []
 
 
-def budget_overrides(name: str, overrides: str, extra: list[str], equal: str
-                     ) -> tuple[str, str]:
-    """(overrides, run folder prefix) of an arm under the comparison's budget. 'responses':
-    as given (every arm generates prompts_per_step x G responses per step, so equal steps are
-    equal responses); 'theta-updates': trainer.total_steps raised until θ is updated
-    total_steps times (IntroLLM's alternating schedule needs twice the steps), in a folder
-    named by its steps."""
+def budget_overrides(name: str, overrides: str, run, equal: str) -> tuple[str, str]:
+    """(overrides, run folder prefix) of an arm under the comparison's budget; ``run``: the
+    arm's composed RunConfig (``compose_arm``). 'responses': as given (every arm generates
+    prompts_per_step x G responses per step, so equal steps are equal responses);
+    'theta-updates': trainer.total_steps raised until θ is updated total_steps times
+    (IntroLLM's alternating schedule needs twice the steps), in a folder named by its steps."""
     if equal == "responses":
         return overrides, name
-    from launch.config import compose_run
     from launch.decoding import steps_for_theta_updates
 
-    run = compose_run([*extra, *shlex.split(overrides)])
     steps = steps_for_theta_updates(run, run.trainer.total_steps)
     if steps == run.trainer.total_steps:
         return overrides, name
@@ -331,7 +328,7 @@ def write_comparison(out: Path, runs: dict[str, list[Path]], seeds: list[int] | 
                  f"the test score at that choice, and the paired difference to {baseline} at its "
                  "own choice.", "", decoding.tuned_table(tuned, baseline, k), "",
                  f"![decoding]({curves.name})", ""]
-    gains = paired(runs, seeds, None, reps)
+    gains = paired(runs, seeds, baseline=None, reps=reps)  # each run against its base model
     record["trained"] = gains
     text += ["## What training changed: each run's final model − the base model", "",
              "Each run's last held-out evaluation minus its first (the base model, step 0), the "
@@ -468,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
     for name, ov in strategies.items():
-        ov, folder = budget_overrides(name, ov, sizes + extra, args.equal)
+        ov, folder = budget_overrides(name, ov, composed[name], args.equal)
         runs[name] = [run_one(out, folder, s, ov, sizes + extra, temps, args.val_size)
                       for s in args.seeds]
     path = write_comparison(out, runs, args.seeds, args.baseline, args.reps,

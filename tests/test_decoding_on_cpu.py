@@ -162,11 +162,14 @@ def test_equal_theta_updates_runs_introllm_longer_in_its_own_folder():
     from launch.compare import DEFAULT_SET, budget_overrides
 
     intro = DEFAULT_SET["introllm"]
-    assert budget_overrides("introllm", intro, [], "responses") == (intro, "introllm")
-    assert budget_overrides("introllm", intro, ["trainer.total_steps=10"], "theta-updates") == (
+    run = compose_run(*intro.split())
+    assert budget_overrides("introllm", intro, run, "responses") == (intro, "introllm")
+    run = compose_run("trainer.total_steps=10", *intro.split())
+    assert budget_overrides("introllm", intro, run, "theta-updates") == (
         f"{intro} trainer.total_steps=20", "introllm-steps20")
     fixed = DEFAULT_SET["fixed-0.8"]
-    assert budget_overrides("fixed-0.8", fixed, [], "theta-updates") == (fixed, "fixed-0.8")
+    assert budget_overrides("fixed-0.8", fixed, compose_run(*fixed.split()),
+                            "theta-updates") == (fixed, "fixed-0.8")
 
 
 def test_sweep_overrides_name_the_decodings():
