@@ -65,11 +65,14 @@ class DataConfig:
     train_size: int = 20000
     """synthetic: number of training problems generated"""
     eval_size: int = 500
-    """synthetic: held-out problems (50 per family x level with the defaults)"""
+    """synthetic: held-out problems (spread evenly over families x levels: 100 per level with the
+    default countdown only)"""
     val_size: int = 0
     """synthetic: validation problems, from a split disjoint from train and held-out (by a hash
     of the prompt); used by eval.temperatures (launch.compare tunes decoding on them); 0 = none"""
-    families: tuple[str, ...] = ("arith", "countdown")
+    families: tuple[str, ...] = ("countdown",)
+    """synthetic task families RL trains and evaluates on (the model is pre-trained on all):
+    countdown only by default, where RL teaches (README, "Training results"); arith, countdown"""
     levels: tuple[int, ...] = (1, 2, 3, 4, 5)
     prompt_template: str = "chat"
     """chat (the tokenizer's chat template) | plain"""
